@@ -296,6 +296,8 @@ def _describe(
     leaves: list[tuple[str, nn.Module]] = []
 
     def walk(name: str, mod: nn.Module) -> None:
+        if isinstance(mod, nn.Sequential | nn.ModuleList | nn.ModuleDict) and not len(mod):
+            return  # an empty container computes nothing
         if isinstance(mod, BasicBlock | Bottleneck) or not list(mod.children()):
             leaves.append((name or type(mod).__name__, mod))
             return
@@ -410,19 +412,24 @@ def _leaf_layer(name: str, leaf: nn.Module) -> Layer | None:
 
 
 def _load_parts(target: nn.Module, parts: list[nn.Module]) -> None:
+    """Copy a user's weights into one built layer."""
     if not parts:
         return
-    if isinstance(parts[0], BasicBlock | Bottleneck):
-        target.load_state_dict(parts[0].state_dict())
+    source = parts[0]
+    if isinstance(source, BasicBlock | Bottleneck):
+        target.load_state_dict(source.state_dict())
         return
-    own = [
-        m
-        for m in (target.children() if isinstance(target, nn.Sequential) else [target])
-        if list(m.parameters()) or m._buffers
-    ]
-    params = [p for p in parts if list(p.parameters()) or p._buffers]
-    for mine, theirs in zip(own, params, strict=False):
-        mine.load_state_dict(theirs.state_dict())
+    if not isinstance(source, nn.Conv2d | nn.Linear):
+        return
+    target[0].weight.copy_(source.weight)
+    bias = source.bias if source.bias is not None else torch.zeros(source.weight.shape[0])
+    norm = next((p for p in parts if isinstance(p, nn.BatchNorm2d)), None)
+    if norm is None:
+        target[0].bias.copy_(bias)
+        return
+    target[1].load_state_dict(norm.state_dict())
+    # A conv bias before BatchNorm is exactly a shift of the running mean (and cancels in training).
+    target[1].running_mean.sub_(bias)
 
 
 def _check_same_function(

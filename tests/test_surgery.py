@@ -1,0 +1,245 @@
+"""Network descriptions, decision rules and students: shapes, parameter counts, inheritance."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torchvision.models import resnet18
+
+from n2n_gym.arch import (
+    DESCRIPTOR_SIZE,
+    InvalidArchitecture,
+    Layer,
+    NetworkSpec,
+    StudentDescription,
+    unit_descriptors,
+    unit_rules,
+)
+from n2n_gym.surgery import UnsupportedModule, build_module, build_student, convert_module
+from n2n_gym.teachers import ZOO, zoo_spec
+
+
+def _shape(name: str) -> tuple[int, int, int]:
+    return (1, 28, 28) if name == "small_vgg" else (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def teachers() -> dict:
+    return {name: build_module(zoo_spec(name, _shape(name), 10), seed=0).eval() for name in ZOO}
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_analytic_counts_match_the_built_module(name, teachers):
+    spec = teachers[name].spec
+    assert spec.params == _param_count(teachers[name])
+    assert spec.flops > 0
+    assert spec.num_units >= 9
+
+
+def test_known_sizes():
+    assert zoo_spec("resnet18", (3, 32, 32), 10).params == 11_173_962  # the paper's 11.17 M
+    assert zoo_spec("small_vgg", (1, 28, 28), 10).num_units == 9
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_rules_protect_stem_and_head(name, teachers):
+    rules = unit_rules(teachers[name].spec)
+    assert not rules[0].removable and not rules[-1].removable and not rules[-1].shrinkable
+    assert rules[-1].reason
+    assert any(rule.removable for rule in rules)
+
+
+def _random_ratios(spec: NetworkSpec, draw_choice, shrink: bool) -> list[float]:
+    ratios = []
+    for rule in unit_rules(spec):
+        options = [1.0]
+        if rule.removable:
+            options.append(0.0)
+        if shrink and rule.shrinkable:
+            options += [0.25, 0.5, 0.75]
+        ratios.append(draw_choice(options))
+    return ratios
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@settings(max_examples=6, deadline=None)
+@given(data=st.data(), shrink=st.booleans())
+def test_random_decisions_give_a_smaller_working_student(name, teachers, data, shrink):
+    """Any decision vector builds a student that runs with fewer params, or is refused with a reason."""
+    teacher = teachers[name]
+    ratios = _random_ratios(
+        teacher.spec, lambda options: data.draw(st.sampled_from(options)), shrink
+    )
+    try:
+        plan, student = build_student(teacher, ratios, inherit_weights=True)
+    except InvalidArchitecture as error:
+        assert str(error)
+        return
+    x = torch.randn(2, *teacher.spec.input_shape)
+    assert student.eval()(x).shape == (2, 10)
+    assert _param_count(student) == plan.spec.params
+    if any(r < 1 for r in ratios):
+        assert plan.spec.params < teacher.spec.params
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_forbidden_and_malformed_decisions_are_refused(name, teachers):
+    spec = teachers[name].spec
+    with pytest.raises(InvalidArchitecture, match="cannot be removed"):
+        build_student(teachers[name], [0.0] + [1.0] * (spec.num_units - 1))
+    with pytest.raises(InvalidArchitecture, match="decisions"):
+        build_student(teachers[name], [1.0] * (spec.num_units + 1))
+    with pytest.raises(InvalidArchitecture, match="outside"):
+        build_student(teachers[name], [1.5] * spec.num_units)
+
+
+def test_all_keep_student_is_the_teacher(teachers):
+    teacher = teachers["small_vgg"]
+    _, student = build_student(teacher, [1.0] * teacher.spec.num_units)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(student.eval()(x), teacher(x))
+
+
+def test_removing_identity_shaped_units_keeps_most_of_the_function(teachers):
+    """Inherited weights: removing one block of a trained-like net changes outputs but stays close."""
+    teacher = teachers["resnet18"]
+    ratios = [1.0] * teacher.spec.num_units
+    ratios[2] = 0.0  # second block of stage 1: identity skip
+    plan, student = build_student(teacher, ratios, inherit_weights=True)
+    assert plan.spec.num_units == teacher.spec.num_units - 1
+    for s_layer, origin in zip(plan.spec.layers, plan.origins, strict=True):
+        if s_layer.kind == "residual":
+            torch.testing.assert_close(
+                student[plan.origins.index(origin)].conv1.weight, teacher[origin].conv1.weight
+            )
+
+
+def test_shrinking_keeps_the_largest_filters(teachers):
+    teacher = teachers["small_vgg"]
+    spec = teacher.spec
+    ratios = [1.0] * spec.num_units
+    ratios[1] = 0.5  # second conv group, 32 -> 16 filters
+    _plan, student = build_student(teacher, ratios, inherit_weights=True)
+    index = spec.unit_indices[1]
+    weight = teacher[index][0].weight
+    norms = weight.abs().flatten(1).sum(1)
+    kept = norms.topk(16).indices.sort().values
+    torch.testing.assert_close(student[index][0].weight, weight[kept])
+    # the consumer keeps the matching input channels
+    consumer = spec.unit_indices[2]
+    torch.testing.assert_close(student[consumer][0].weight, teacher[consumer][0].weight[:, kept])
+    # re-initialised students do not copy
+    _, fresh = build_student(teacher, ratios, inherit_weights=False, seed=1)
+    assert not torch.equal(fresh[index][0].weight, weight[kept])
+
+
+def test_removed_projection_block_keeps_its_shortcut(teachers):
+    teacher = teachers["resnet18"]
+    spec = teacher.spec
+    position = next(p for p, i in enumerate(spec.unit_indices) if spec.layers[i].projection)
+    ratios = [1.0] * spec.num_units
+    ratios[position] = 0.0
+    plan, student = build_student(teacher, ratios)
+    shortcut = plan.spec.layers[spec.unit_indices[position]]
+    assert shortcut.kind == "shortcut"
+    torch.testing.assert_close(
+        student[spec.unit_indices[position]][0].weight,
+        teacher[spec.unit_indices[position]].downsample[0].weight,
+    )
+
+
+def test_student_description_round_trips_and_rebuilds_the_same_module(teachers):
+    teacher = teachers["resnet50"]
+    ratios = [1.0, 0.0, 0.5] + [1.0] * (teacher.spec.num_units - 3)
+    description = StudentDescription(teacher.spec, tuple(ratios))
+    again = StudentDescription.from_json(json.loads(json.dumps(description.to_json())))
+    assert again == description and again.key == description.key
+    _, a = build_student(teacher, description, seed=3)
+    _, b = build_student(teacher, again, seed=3)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb)
+    assert StudentDescription(teacher.spec, (*tuple(ratios[:-1]), 1.00001)).key == description.key
+
+
+def test_description_from_bad_json_is_refused():
+    with pytest.raises(InvalidArchitecture, match="malformed"):
+        StudentDescription.from_dict({"ratios": [1.0]})
+    with pytest.raises(InvalidArchitecture, match="unknown layer field"):
+        Layer.from_dict({"kind": "conv", "colour": 3})
+
+
+def test_descriptors_are_normalised_and_network_independent(teachers):
+    for teacher in teachers.values():
+        rows = unit_descriptors(teacher.spec)
+        assert rows.shape == (teacher.spec.num_units, DESCRIPTOR_SIZE)
+        assert np.all(rows >= 0) and np.all(rows <= 1.5)
+        np.testing.assert_allclose(rows[:, -2].sum(), 1.0, atol=0.02)  # parameter shares
+    # the same layer reads the same in two different networks
+    a, b = zoo_spec("vgg11", (3, 32, 32), 10), zoo_spec("vgg16", (3, 32, 32), 10)
+    np.testing.assert_array_equal(unit_descriptors(a)[1, :8], unit_descriptors(b)[2, :8])
+
+
+def test_a_flattening_head_protects_units_that_change_spatial_size():
+    layers = (
+        Layer("conv", 1, 8, 3, 1, 1, activation="relu"),
+        Layer("conv", 8, 8, 3, 2, 1, activation="relu"),
+        Layer("conv", 8, 8, 3, 1, 1, activation="relu"),
+        Layer("flatten"),
+        Layer("linear", 8 * 14 * 14, 10),
+    )
+    spec = NetworkSpec((1, 28, 28), 10, layers)
+    rules = unit_rules(spec)
+    assert not rules[1].removable and "spatial" in rules[1].reason
+    assert rules[2].removable
+    _plan, student = build_student(build_module(spec, 0), [1.0, 1.0, 0.0, 1.0][: spec.num_units])
+    assert student(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_convert_torchvision_resnet_and_a_sequential_cnn():
+    model = resnet18(num_classes=10).eval()
+    network = convert_module(model, (3, 64, 64), 10)
+    assert network.spec.params == _param_count(model)
+    assert network.spec.num_units == 10  # stem, 8 blocks, head
+    cnn = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(),  # an empty container must not confuse the walk
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 14 * 14, 10),
+    ).eval()
+    converted = convert_module(cnn, (1, 28, 28), 10)
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(converted.eval()(x), cnn(x))
+
+
+def test_convert_refuses_unknown_modules_by_name():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    with pytest.raises(UnsupportedModule, match=r"'1' \(GELU\)"):
+        convert_module(model, (1, 28, 28), 10)
+    with pytest.raises(UnsupportedModule, match="10 classes"):
+        convert_module(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), (1, 28, 28), 10)
+
+
+def test_convert_detects_a_forward_that_differs_from_registration_order():
+    class Shuffled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(16, 10)
+            self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, 16))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    with pytest.raises(UnsupportedModule):
+        convert_module(Shuffled(), (1, 28, 28), 10)
