@@ -24,7 +24,7 @@ from n2n_gym.teachers import ZOO, zoo_spec
 
 
 def _shape(name: str) -> tuple[int, int, int]:
-    return (1, 28, 28) if name == "small_vgg" else (3, 32, 32)
+    return (1, 28, 28) if name == "small_vgg" else (3, 16, 16)  # small inputs keep the test fast
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def _random_ratios(spec: NetworkSpec, draw_choice, shrink: bool) -> list[float]:
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(data=st.data(), shrink=st.booleans())
 def test_random_decisions_give_a_smaller_working_student(name, teachers, data, shrink):
     """Any decision vector builds a student that runs with fewer params, or is refused with a reason."""
