@@ -1,0 +1,38 @@
+"""N2N-Gym: learning to compress neural networks with reinforcement learning.
+
+Importing the package registers the environments (and nothing else, so it stays light):
+
+- ``N2NRemoval-v0`` / ``N2NShrink-v0``: the bundled MNIST teacher, CPU-friendly fidelity, offline.
+- ``N2NRemoval-<Teacher>-<DATA>-v0`` / ``N2NShrink-<Teacher>-<DATA>-v0``: the paper's settings
+  (for example ``N2NRemoval-ResNet18-CIFAR10-v0``); they need a trained teacher and the data set.
+"""
+
+from gymnasium.envs.registration import register
+
+__version__ = "0.1.0"
+
+_REMOVAL = "n2n_gym.envs.removal:LayerRemovalEnv"
+_SHRINK = "n2n_gym.envs.shrink:LayerShrinkEnv"
+
+register(id="N2NRemoval-v0", entry_point=_REMOVAL)
+register(id="N2NShrink-v0", entry_point=_SHRINK)
+
+# The paper's teacher/data pairs. They ship without weights: make() says how to train one.
+_PAPER_SETTINGS = {
+    "ResNet18-CIFAR10": ("resnet18", "cifar10"),
+    "ResNet18-CIFAR100": ("resnet18", "cifar100"),
+    "ResNet18-SVHN": ("resnet18", "svhn"),
+    "ResNet34-CIFAR10": ("resnet34", "cifar10"),
+    "ResNet34-CIFAR100": ("resnet34", "cifar100"),
+    "VGG19-CIFAR100": ("vgg19", "cifar100"),
+}
+for _name, (_arch, _dataset) in _PAPER_SETTINGS.items():
+    _kwargs = {
+        "teacher": None,
+        "teacher_arch": _arch,
+        "dataset": _dataset,
+        "fidelity": "paper",
+        "train_hint": f"python -m n2n_gym.teachers train {_arch} --dataset {_dataset} --data-dir DIR",
+    }
+    register(id=f"N2NRemoval-{_name}-v0", entry_point=_REMOVAL, kwargs=_kwargs)
+    register(id=f"N2NShrink-{_name}-v0", entry_point=_SHRINK, kwargs=_kwargs)
