@@ -1,0 +1,162 @@
+"""Search run directories: what a search records, written so that nothing is lost on a crash.
+
+A run directory holds ``config.json`` (how the run was started), ``evaluations.jsonl`` (one line
+per student evaluation, appended and flushed as it happens), ``best_student.json`` (the best
+student so far, as a description plus its scores) and ``summary.json``. JSON files are replaced
+atomically; the JSONL log is append-only, so a killed run keeps every finished evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+EVALUATIONS_FILE = "evaluations.jsonl"
+BEST_FILE = "best_student.json"
+SUMMARY_FILE = "summary.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, default=_jsonable)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every recorded evaluation of a run, in order; a torn last line (a crash mid-write) is skipped."""
+    path = Path(run_dir) / EVALUATIONS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("skipping unreadable line %d of %s", number, path)
+    return records
+
+
+@dataclass
+class RunRecorder:
+    """Appends evaluations to a run directory and keeps the best student and summary current."""
+
+    run_dir: Path
+    algo: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.records = read_evaluations(self.run_dir)
+        self.best: dict[str, Any] | None = None
+        for record in self.records:
+            self._update_best(record)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.records)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(bool(r.get("cache_hit")) for r in self.records)
+
+    @property
+    def best_reward(self) -> float:
+        return self.best["reward"] if self.best else -math.inf
+
+    def record(
+        self, reward: float, info: dict[str, Any], wall_time: float | None = None
+    ) -> dict[str, Any]:
+        """Record one finished episode's evaluation; returns the stored record."""
+        fields = (
+            "accuracy",
+            "params",
+            "flops",
+            "compression",
+            "rewards",
+            "cache_hit",
+            "error",
+            "error_type",
+            "student",
+        )
+        record = {
+            "evaluation": self.evaluations + 1,
+            "reward": float(reward),
+            "wall_time": wall_time,
+        }
+        record.update({key: info.get(key) for key in fields})
+        with (self.run_dir / EVALUATIONS_FILE).open("a") as handle:
+            handle.write(json.dumps(record, default=_jsonable) + "\n")
+            handle.flush()
+        self.records.append(record)
+        self._teacher = {
+            k: info.get(k) for k in ("teacher_accuracy", "teacher_params", "teacher_flops")
+        }
+        if self._update_best(record):
+            write_json_atomic(self.run_dir / BEST_FILE, self.best)
+        return record
+
+    def _update_best(self, record: dict[str, Any]) -> bool:
+        if record.get("error") is None and (
+            self.best is None or record["reward"] > self.best["reward"]
+        ):
+            self.best = record
+            return True
+        return False
+
+    def write_summary(self, **extra: Any) -> dict[str, Any]:
+        best = self.best or {}
+        teacher = self.records[-1] if self.records else {}
+        summary = {
+            "algo": self.algo,
+            "seed": self.seed,
+            "evaluations": self.evaluations,
+            "cache_hits": self.cache_hits,
+            "best_reward": best.get("reward"),
+            "best_accuracy": best.get("accuracy"),
+            "best_params": best.get("params"),
+            "best_compression": best.get("compression"),
+            "teacher_accuracy": teacher.get("teacher_accuracy"),
+            "teacher_params": teacher.get("teacher_params"),
+            **extra,
+        }
+        write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        return summary
+
+
+class RecordEvaluations(gym.Wrapper):
+    """Records every finished episode's evaluation into a :class:`RunRecorder`."""
+
+    def __init__(self, env: gym.Env, recorder: RunRecorder) -> None:
+        super().__init__(env)
+        self.recorder = recorder
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            result = getattr(self.env.unwrapped, "last_result", None)
+            self.recorder.record(reward, info, wall_time=getattr(result, "wall_time", None))
+        return obs, reward, terminated, truncated, info
