@@ -1,0 +1,394 @@
+"""Knowledge distillation of a student from precomputed teacher logits: the fast path.
+
+A compression search distils hundreds of students from one teacher on the same images, so the work
+that does not depend on the student is done once: the transfer images are picked and put on the
+device once, and the teacher's logits for them are computed once (:class:`TeacherTargets`) and
+reused by every student. Each step then costs one student forward and backward pass; batches are
+index slices of a seeded permutation of tensors already on the device (no ``DataLoader``).
+
+On CUDA the student trains under bf16 autocast in channels-last layout. On CPU everything is fp32
+and seeded, so the same seed gives bitwise the same student and accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "FIDELITY_PRESETS",
+    "DistillConfig",
+    "DistillStats",
+    "DistillationDiverged",
+    "TeacherTargets",
+    "accuracy",
+    "distill",
+    "module_device",
+    "predict_logits",
+    "prepare_inputs",
+    "prepare_module",
+    "transfer_indices",
+]
+
+logger = logging.getLogger(__name__)
+
+LossName = Literal["mse"]
+LOSSES: tuple[str, ...] = ("mse",)
+
+# How often (in optimiser steps) the loss is checked for NaN/inf. Checking reads the loss back to the
+# host, which stalls a CUDA stream, so it is done in intervals rather than every step.
+_FINITE_CHECK_EVERY = 25
+
+
+class DistillationDiverged(RuntimeError):
+    """The distillation loss became NaN or infinite (usually a learning rate far too high)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Fidelity of one reward: how much distillation a student gets before it is scored.
+
+    The defaults are chosen so that a typical stage-1 student of the default MNIST teacher gets its
+    reward in a few seconds on a 2-core CPU while ranking students like a much longer distillation
+    does (see ``bench/reward_fidelity.py``).
+
+    Attributes:
+        transfer_size: training images distilled on, a fixed seeded subset of the train split;
+            ``None``: the whole split.
+        epochs: passes over the transfer set.
+        batch_size: images per optimiser step.
+        lr: Adam learning rate (the paper's 5e-4).
+        weight_decay: Adam weight decay (the paper's 5e-4).
+        loss: ``"mse"``: mean squared error between student and teacher logits (the paper's).
+        hard_label_weight: weight of an added cross-entropy with the true labels
+            (``loss = mse + w · ce``); 0 is the paper's pure logit matching.
+        eval_size: validation images the accuracy is measured on (the first ones of the validation
+            split, which is itself a seeded random hold-out); ``None``: the whole split.
+        eval_batch_size: images per forward pass when measuring accuracy or teacher logits.
+        seed: seeds the transfer subset, the batch order and any dropout.
+    """
+
+    transfer_size: int | None = 4096
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 5e-4
+    loss: LossName = "mse"
+    hard_label_weight: float = 0.0
+    eval_size: int | None = 2000
+    eval_batch_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("transfer_size", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise ValueError(
+                    f"DistillConfig.{name}={value!r} must be a positive integer or None (all)"
+                )
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(
+                    f"DistillConfig.{name}={getattr(self, name)!r} must be a positive integer"
+                )
+        for name in ("lr", "weight_decay", "hard_label_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"DistillConfig.{name}={value!r} must be a finite non-negative number"
+                )
+        if self.lr == 0:
+            raise ValueError("DistillConfig.lr must be positive")
+        if self.loss not in LOSSES:
+            raise ValueError(
+                f"DistillConfig.loss={self.loss!r} is not supported; use one of {LOSSES}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"DistillConfig.seed={self.seed!r} must be an integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        return cls(**data)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# Named fidelities (the environments' ``fidelity=`` argument). "fast" is the reward-time default;
+# "paper" is the paper's MNIST setting: 5 epochs over the whole training split, batch 64.
+FIDELITY_PRESETS: dict[str, DistillConfig] = {
+    "fast": DistillConfig(),
+    "paper": DistillConfig(transfer_size=None, epochs=5, batch_size=64, eval_size=None),
+}
+
+
+@dataclass(frozen=True)
+class DistillStats:
+    """What one distillation did.
+
+    Attributes:
+        steps: optimiser steps taken.
+        images: training images processed (steps × batch, the last batch may be smaller).
+        first_loss: loss of the first batch.
+        final_loss: mean loss over the last epoch.
+        wall_time: seconds spent.
+    """
+
+    steps: int
+    images: int
+    first_loss: float
+    final_loss: float
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def transfer_indices(num_images: int, transfer_size: int | None, seed: int) -> torch.Tensor:
+    """The fixed, seeded subset of training-image indices a distillation uses (sorted, CPU).
+
+    Args:
+        num_images: images in the training split.
+        transfer_size: how many to use; ``None`` or more than available: all of them.
+        seed: seeds the choice.
+    """
+    if transfer_size is None or transfer_size >= num_images:
+        return torch.arange(num_images)
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    return order[:transfer_size].sort().values
+
+
+def prepare_inputs(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``x`` on ``device`` in the layout the fast path wants there (channels-last on CUDA)."""
+    device = torch.device(device)
+    x = x.to(device, non_blocking=True)
+    # cuDNN's fastest convolutions on tensor cores want NHWC; on CPU NCHW is as fast and keeps one
+    # layout everywhere.
+    if device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_module(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """``module`` moved (in place) to ``device``, channels-last on CUDA."""
+    device = torch.device(device)
+    module = module.to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
+
+
+def predict_logits(module: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The module's fp32 logits for ``x`` in eval mode, on ``x``'s device.
+
+    Args:
+        module: a network on the same device as ``x``.
+        x: images, NCHW.
+        batch_size: images per forward pass (large: there is no backward pass to hold memory for).
+    """
+    device = x.device
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode(), _autocast(device):
+            outputs = [
+                module(x[start : start + batch_size]).float()
+                for start in range(0, len(x), batch_size)
+            ]
+    finally:
+        module.train(was_training)
+    return torch.cat(outputs)
+
+
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``module`` on ``(x, y)`` (a fraction), in eval mode under inference mode.
+
+    Args:
+        module: a network on the same device as ``x``.
+        x: images, NCHW.
+        y: int64 labels.
+        batch_size: images per forward pass.
+    """
+    if len(x) == 0:
+        raise ValueError("accuracy of an empty set of images is undefined")
+    device = x.device
+    was_training = module.training
+    module.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        with torch.inference_mode(), _autocast(device):
+            for start in range(0, len(x), batch_size):
+                logits = module(x[start : start + batch_size])
+                correct += (logits.argmax(1) == y[start : start + batch_size]).sum()
+    finally:
+        module.train(was_training)
+    return correct.item() / len(x)
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherTargets:
+    """A transfer set and the teacher's logits for it, on one device, computed once.
+
+    Attributes:
+        inputs: transfer images (channels-last on CUDA).
+        logits: the teacher's fp32 logits for ``inputs``.
+        labels: the true labels (for ``hard_label_weight``).
+    """
+
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def compute(
+        cls,
+        teacher: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: DistillConfig,
+        device: str | torch.device,
+    ) -> TeacherTargets:
+        """Pick the transfer subset of ``(x, y)`` for ``config`` and run the teacher over it once.
+
+        Args:
+            teacher: the trained teacher (not modified; a device copy is used when needed).
+            x: training images (any device).
+            y: training labels.
+            config: supplies ``transfer_size``, ``seed`` and ``eval_batch_size``.
+            device: where the targets will be used.
+        """
+        device = torch.device(device)
+        start = time.perf_counter()
+        index = transfer_indices(len(x), config.transfer_size, config.seed).to(x.device)
+        inputs = prepare_inputs(x[index], device)
+        labels = y[index].to(device)
+        teacher_on_device = teacher if module_device(teacher) == device else None
+        if teacher_on_device is None:
+            teacher_on_device = prepare_module(copy.deepcopy(teacher), device)
+        logits = predict_logits(teacher_on_device, inputs, config.eval_batch_size)
+        logger.info(
+            "teacher logits for %d transfer images on %s in %.2f s",
+            len(inputs),
+            device,
+            time.perf_counter() - start,
+        )
+        return cls(inputs=inputs, logits=logits, labels=labels)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's parameters (CPU for a module without any)."""
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def distill(
+    student: nn.Module,
+    teacher_logits: torch.Tensor,
+    inputs: torch.Tensor,
+    config: DistillConfig,
+    device: str | torch.device,
+    labels: torch.Tensor | None = None,
+) -> DistillStats:
+    """Train ``student`` in place to reproduce the teacher's logits on ``inputs``.
+
+    Adam with the config's learning rate and weight decay minimises the mean squared error between
+    student and teacher logits (plus ``hard_label_weight`` × cross-entropy with ``labels``). The
+    batch order is a seeded permutation per epoch, so on CPU the result is bitwise reproducible.
+
+    Args:
+        student: the network to train; it is moved to ``device`` (channels-last on CUDA).
+        teacher_logits: the teacher's logits for ``inputs``, on ``device`` (see
+            :class:`TeacherTargets`).
+        inputs: transfer images, on ``device``.
+        config: epochs, batch size, optimiser and loss settings; ``seed`` seeds the batch order.
+        device: where to train.
+        labels: true labels of ``inputs``; needed when ``config.hard_label_weight > 0``.
+
+    Returns:
+        Step counts, losses and time.
+
+    Raises:
+        DistillationDiverged: the loss became NaN or infinite.
+        ValueError: ``inputs`` and ``teacher_logits`` disagree in length, or labels are missing.
+    """
+    device = torch.device(device)
+    if len(inputs) != len(teacher_logits):
+        raise ValueError(
+            f"{len(inputs)} transfer images but {len(teacher_logits)} teacher logits; "
+            "compute them together with TeacherTargets.compute"
+        )
+    if config.hard_label_weight > 0 and labels is None:
+        raise ValueError("hard_label_weight > 0 needs the labels of the transfer images")
+    start = time.perf_counter()
+    student = prepare_module(student, device)
+    student.train()
+    optimiser = torch.optim.Adam(
+        student.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    num = len(inputs)
+    steps = images = 0
+    first_loss = math.nan
+    epoch_loss = torch.zeros((), device=device)
+    devices = [device] if device.type == "cuda" else []
+    # Dropout draws from the global generator: fork it so a distillation neither depends on nor
+    # disturbs the caller's random state.
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        for _ in range(config.epochs):
+            order = torch.randperm(num, generator=generator).to(device)
+            epoch_loss.zero_()
+            for begin in range(0, num, config.batch_size):
+                batch = order[begin : begin + config.batch_size]
+                with _autocast(device):
+                    output = student(inputs[batch]).float()
+                loss = F.mse_loss(output, teacher_logits[batch])
+                if config.hard_label_weight > 0:
+                    loss = loss + config.hard_label_weight * F.cross_entropy(output, labels[batch])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                epoch_loss += loss.detach()
+                steps += 1
+                images += len(batch)
+                if steps == 1:
+                    first_loss = loss.item()
+                    _check_finite(first_loss, steps)
+                elif steps % _FINITE_CHECK_EVERY == 0:
+                    _check_finite(loss.item(), steps)
+            batches = math.ceil(num / config.batch_size)
+            final_loss = epoch_loss.item() / batches
+            _check_finite(final_loss, steps)
+    student.eval()
+    return DistillStats(
+        steps=steps,
+        images=images,
+        first_loss=first_loss,
+        final_loss=final_loss,
+        wall_time=time.perf_counter() - start,
+    )
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise DistillationDiverged(
+            f"distillation loss became {loss} by step {step}; lower DistillConfig.lr"
+        )
