@@ -142,7 +142,9 @@ def test_observation_carries_sequence_position_and_decisions():
     env = gym.make("N2NRemoval-v0", evaluator="proxy").unwrapped
     obs, _ = env.reset(seed=0)
     assert obs["valid"].sum() == 9 and obs["position"][0] == 1
-    np.testing.assert_array_equal(obs["unit"], obs["sequence"][0])
+    sequence = obs["sequence"].reshape(32, -1)
+    np.testing.assert_array_equal(obs["unit"], sequence[0])
+    assert sequence[9:].sum() == 0
     obs, *_ = env.step(0)
     obs, *_ = env.step(1)
     assert obs["position"][2] == 1

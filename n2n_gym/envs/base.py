@@ -129,7 +129,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             {
                 "unit": spaces.Box(0.0, 1.5, (DESCRIPTOR_SIZE,), np.float32),
                 "position": spaces.Box(0.0, 1.0, (max_units,), np.float32),
-                "sequence": spaces.Box(0.0, 1.5, (max_units, DESCRIPTOR_SIZE), np.float32),
+                # Flat (row-major units x fields): SB3's stock policies expect 1-D vectors.
+                "sequence": spaces.Box(0.0, 1.5, (max_units * DESCRIPTOR_SIZE,), np.float32),
                 "valid": spaces.Box(0.0, 1.0, (max_units,), np.float32),
                 "decisions": spaces.Box(0.0, 1.0, (max_units,), np.float32),
             }
@@ -264,7 +265,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return {
             "unit": unit,
             "position": position,
-            "sequence": self._sequence.copy(),
+            "sequence": self._sequence.flatten(),
             "valid": self._valid.copy(),
             "decisions": decisions,
         }

@@ -36,7 +36,9 @@ class LayerRemovalEnv(CompressionEnv):
 
     - ``unit`` ``(15,)``: the current unit's descriptor (zeros once the episode is over);
     - ``position`` ``(max_units,)``: one-hot index of the current unit;
-    - ``sequence`` ``(max_units, 15)``: every unit's descriptor, in network order;
+    - ``sequence`` ``(max_units * 15,)``: every unit's descriptor in network order, flattened
+      row by row (reshape to ``(max_units, 15)``; flat because SB3's stock policies expect 1-D
+      entries);
     - ``valid`` ``(max_units,)``: 1 for real units, 0 for padding;
     - ``decisions`` ``(max_units,)``: width ratio chosen so far (1 = kept or undecided, 0 = removed).
 
