@@ -97,7 +97,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         ):
             raise EnvConfigError(
                 f"dataset={dataset!r} is read from your disk: pass data_dir=DIR (torchvision layout; "
-                "`python -m n2n_gym.data download` or load_dataset(..., download=True) fetches it)"
+                "load_dataset(name, data_dir, download=True) fetches it)"
             )
         self.render_mode = render_mode
         self.teacher: Teacher = load_teacher(
@@ -181,9 +181,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                     reward_config=self.reward_config,
                 )
             else:
-                data = load_dataset(
-                    self.dataset, self.data_dir, val_size=self.val_size, seed=self.eval_seed
-                )
+                # Split seed 0 is the split teacher training holds out, so validation stays unseen.
+                data = load_dataset(self.dataset, self.data_dir, val_size=self.val_size, seed=0)
                 self._evaluator = DistillationEvaluator(
                     self.teacher,
                     data,
