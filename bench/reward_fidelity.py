@@ -1,0 +1,212 @@
+"""Is the cheap reward informative? Rank students at reward fidelity and after long distillation.
+
+A search only needs the reward to *rank* students the way a thorough distillation would. This
+script draws random layer-removal students of a teacher (each removable unit removed with
+probability 1/2, duplicates and invalid ones skipped), measures each one's validation accuracy at
+the default reward fidelity (``DistillConfig()``) and after a long distillation that sees
+``--factor`` times as many images (the whole training split, the whole validation split), and
+reports the Spearman rank correlation between the two — and the same for the rewards.
+
+Run it in the background; the long distillations dominate (about a minute per student on 2 CPU
+cores for the default teacher at ``--factor 10``)::
+
+    nohup python bench/reward_fidelity.py --students 24 --factor 10 --out fidelity.json > fidelity.log &
+
+Extra short fidelities can be ranked against the same long reference with ``--candidates``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import spearmanr
+
+from n2n_gym.arch import InvalidArchitecture, StudentDescription, unit_rules
+from n2n_gym.data import load_dataset
+from n2n_gym.distill import DistillConfig
+from n2n_gym.evaluation import DistillationEvaluator
+from n2n_gym.teachers import load_teacher
+
+# Alternative short fidelities compared with --candidates (the default is always included).
+CANDIDATES: dict[str, DistillConfig] = {
+    "2k-x1": DistillConfig(transfer_size=2048, epochs=1),
+    "4k-x1": DistillConfig(transfer_size=4096, epochs=1),
+    "4k-x2": DistillConfig(transfer_size=4096, epochs=2),
+    "8k-x1": DistillConfig(transfer_size=8192, epochs=1),
+    "8k-x1-b128": DistillConfig(transfer_size=8192, epochs=1, batch_size=128),
+}
+
+
+@dataclass
+class Args:
+    """Command-line arguments."""
+
+    students: int = 24
+    """random removal students to compare"""
+    factor: float = 10.0
+    """the long distillation sees this many times the images of the default fidelity"""
+    teacher: str = "default"
+    """teacher to compress: "default" or a checkpoint / state-dict path"""
+    arch: str | None = None
+    """zoo architecture of a plain state dict"""
+    device: str = "cpu"
+    """device for every distillation"""
+    seed: int = 0
+    """seeds the choice of students"""
+    inherit_weights: bool = True
+    """students start from the teacher's weights (the evaluator's default)"""
+    candidates: bool = False
+    """also rank the alternative short fidelities in CANDIDATES"""
+    out: str | None = None
+    """write every number to this JSON file"""
+
+
+def parse_args() -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--students", type=int, default=Args.students)
+    parser.add_argument("--factor", type=float, default=Args.factor)
+    parser.add_argument("--teacher", default=Args.teacher)
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--device", default=Args.device)
+    parser.add_argument("--seed", type=int, default=Args.seed)
+    parser.add_argument("--no-inherit", dest="inherit_weights", action="store_false")
+    parser.add_argument("--candidates", action="store_true")
+    parser.add_argument("--out", default=None)
+    return Args(**vars(parser.parse_args()))
+
+
+def random_removal_students(teacher_spec, count: int, seed: int) -> list[StudentDescription]:
+    """Distinct valid students, each removable unit removed with probability 1/2."""
+    rng = random.Random(seed)
+    removable = [i for i, rule in enumerate(unit_rules(teacher_spec)) if rule.removable]
+    possible = 2 ** len(removable) - 1
+    if count > possible:
+        raise SystemExit(f"the teacher has only {possible} removal students; ask for fewer")
+    students: dict[str, StudentDescription] = {}
+    while len(students) < count:
+        ratios = [1.0] * teacher_spec.num_units
+        for unit in removable:
+            if rng.random() < 0.5:
+                ratios[unit] = 0.0
+        if all(r == 1.0 for r in ratios):
+            continue
+        student = StudentDescription(teacher_spec, tuple(ratios))
+        try:
+            plan = student.plan()
+        except InvalidArchitecture:
+            continue
+        students.setdefault(plan.spec.key, student)
+    return list(students.values())
+
+
+def long_config(short: DistillConfig, factor: float, train_images: int) -> DistillConfig:
+    """The whole training split for enough epochs to see ``factor`` × the short run's images."""
+    short_images = min(short.transfer_size or train_images, train_images) * short.epochs
+    epochs = max(1, math.ceil(factor * short_images / train_images))
+    return replace(short, transfer_size=None, epochs=epochs, eval_size=None)
+
+
+def main() -> None:
+    args = parse_args()
+    console = Console()
+    torch.manual_seed(args.seed)
+    teacher = load_teacher(args.teacher, dataset="mnist", arch=args.arch, device="cpu")
+    data = load_dataset("mnist")
+    default = DistillConfig()
+    shorts = {"default": default}
+    if args.candidates:
+        shorts.update(CANDIDATES)
+    long = long_config(default, args.factor, len(data.train_y))
+    console.print(f"default fidelity: {default}")
+    console.print(f"long fidelity:    {long}")
+
+    def evaluator(config: DistillConfig) -> DistillationEvaluator:
+        return DistillationEvaluator(
+            teacher, data, config, device=args.device, inherit_weights=args.inherit_weights
+        )
+
+    short_evaluators = {name: evaluator(config) for name, config in shorts.items()}
+    long_evaluator = evaluator(long)
+    students = random_removal_students(teacher.spec, args.students, args.seed)
+    rows = []
+    started = time.perf_counter()
+    for number, student in enumerate(students, 1):
+        row = {"ratios": list(student.ratios), "removed": student.ratios.count(0.0)}
+        for name, short_evaluator in short_evaluators.items():
+            result = short_evaluator.evaluate(student)
+            row[name] = {
+                "accuracy": result.accuracy,
+                "reward": result.reward,
+                "time": result.wall_time,
+            }
+        result = long_evaluator.evaluate(student)
+        row["long"] = {
+            "accuracy": result.accuracy,
+            "reward": result.reward,
+            "time": result.wall_time,
+        }
+        row["params"] = result.params
+        rows.append(row)
+        console.print(
+            f"[{number}/{len(students)}] removed {row['removed']} params {row['params']:>6}  "
+            f"default acc {row['default']['accuracy']:.4f} ({row['default']['time']:.1f} s)  "
+            f"long acc {row['long']['accuracy']:.4f} ({row['long']['time']:.0f} s)  "
+            f"elapsed {time.perf_counter() - started:.0f} s"
+        )
+
+    table = Table(title=f"Rank agreement with the long distillation ({len(rows)} students)")
+    for column in (
+        "short fidelity",
+        "images",
+        "median s / reward",
+        "Spearman acc",
+        "Spearman reward",
+    ):
+        table.add_column(column, justify="right")
+    summary = {}
+    for name, config in shorts.items():
+        acc_rho = spearmanr(
+            [r[name]["accuracy"] for r in rows], [r["long"]["accuracy"] for r in rows]
+        )
+        rew_rho = spearmanr([r[name]["reward"] for r in rows], [r["long"]["reward"] for r in rows])
+        median = statistics.median(r[name]["time"] for r in rows)
+        images = (config.transfer_size or len(data.train_y)) * config.epochs
+        summary[name] = {
+            "config": config.to_dict(),
+            "spearman_accuracy": float(acc_rho.statistic),
+            "spearman_reward": float(rew_rho.statistic),
+            "median_seconds": median,
+        }
+        table.add_row(
+            name,
+            str(images),
+            f"{median:.2f}",
+            f"{acc_rho.statistic:.3f}",
+            f"{rew_rho.statistic:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"long: {long.epochs} epoch(s) over {len(data.train_y)} images, accuracy on "
+        f"{len(data.val_y)} validation images; teacher accuracy {long_evaluator.teacher_accuracy:.4f}"
+    )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {"args": vars(args), "long": long.to_dict(), "summary": summary, "students": rows},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
