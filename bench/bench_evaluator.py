@@ -21,6 +21,7 @@ reference variants that each take one of our measures, to show where the ratio c
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class ReferenceLoop:
         self.train = TensorDataset(data.train_x[index], data.train_y[index])
         size = config.eval_size or len(data.val_y)
         self.val = TensorDataset(data.val_x[:size], data.val_y[:size])
-        self.teacher = teacher.module.to(device).eval()
+        self.teacher = copy.deepcopy(teacher.module).to(device).eval()
         self.teacher_accuracy = self.accuracy(self.teacher)
         self.logits = None
         if variant.cached_logits:

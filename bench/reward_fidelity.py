@@ -33,14 +33,13 @@ from scipy.stats import spearmanr
 
 from n2n_gym.arch import InvalidArchitecture, StudentDescription, unit_rules
 from n2n_gym.data import load_dataset
-from n2n_gym.distill import DistillConfig
+from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
 from n2n_gym.evaluation import DistillationEvaluator
 from n2n_gym.teachers import load_teacher
 
 # Alternative short fidelities compared with --candidates (the default is always included).
 CANDIDATES: dict[str, DistillConfig] = {
     "2k-x1": DistillConfig(transfer_size=2048, epochs=1),
-    "4k-x1": DistillConfig(transfer_size=4096, epochs=1),
     "4k-x2": DistillConfig(transfer_size=4096, epochs=2),
     "8k-x1": DistillConfig(transfer_size=8192, epochs=1),
     "8k-x1-b128": DistillConfig(transfer_size=8192, epochs=1, batch_size=128),
@@ -60,7 +59,11 @@ class Args:
     arch: str | None = None
     """zoo architecture of a plain state dict"""
     device: str = "cpu"
-    """device for every distillation"""
+    """device for the reward-fidelity distillations (the CPU is what the default is tuned for)"""
+    long_device: str | None = None
+    """device for the long distillations; None: the same as --device"""
+    long: str | None = None
+    """a FIDELITY_PRESETS name for the long distillation instead of --factor (e.g. "paper")"""
     seed: int = 0
     """seeds the choice of students"""
     inherit_weights: bool = True
@@ -78,6 +81,8 @@ def parse_args() -> Args:
     parser.add_argument("--teacher", default=Args.teacher)
     parser.add_argument("--arch", default=None)
     parser.add_argument("--device", default=Args.device)
+    parser.add_argument("--long-device", default=None)
+    parser.add_argument("--long", default=None, choices=sorted(FIDELITY_PRESETS))
     parser.add_argument("--seed", type=int, default=Args.seed)
     parser.add_argument("--no-inherit", dest="inherit_weights", action="store_false")
     parser.add_argument("--candidates", action="store_true")
@@ -126,17 +131,20 @@ def main() -> None:
     shorts = {"default": default}
     if args.candidates:
         shorts.update(CANDIDATES)
-    long = long_config(default, args.factor, len(data.train_y))
+    if args.long:
+        long = replace(FIDELITY_PRESETS[args.long], eval_size=None)
+    else:
+        long = long_config(default, args.factor, len(data.train_y))
     console.print(f"default fidelity: {default}")
     console.print(f"long fidelity:    {long}")
 
-    def evaluator(config: DistillConfig) -> DistillationEvaluator:
+    def evaluator(config: DistillConfig, device: str) -> DistillationEvaluator:
         return DistillationEvaluator(
-            teacher, data, config, device=args.device, inherit_weights=args.inherit_weights
+            teacher, data, config, device=device, inherit_weights=args.inherit_weights
         )
 
-    short_evaluators = {name: evaluator(config) for name, config in shorts.items()}
-    long_evaluator = evaluator(long)
+    short_evaluators = {name: evaluator(config, args.device) for name, config in shorts.items()}
+    long_evaluator = evaluator(long, args.long_device or args.device)
     students = random_removal_students(teacher.spec, args.students, args.seed)
     rows = []
     started = time.perf_counter()
@@ -195,9 +203,12 @@ def main() -> None:
             f"{rew_rho.statistic:.3f}",
         )
     console.print(table)
+    long_images = (long.transfer_size or len(data.train_y)) * long.epochs
     console.print(
-        f"long: {long.epochs} epoch(s) over {len(data.train_y)} images, accuracy on "
-        f"{len(data.val_y)} validation images; teacher accuracy {long_evaluator.teacher_accuracy:.4f}"
+        f"long: {long.epochs} epoch(s) over {long.transfer_size or len(data.train_y)} images "
+        f"(batch {long.batch_size}) on {long_evaluator.device}, accuracy on {len(data.val_y)} "
+        f"validation images; {long_images / (default.transfer_size * default.epochs):.0f}x the "
+        f"default's images; teacher accuracy {long_evaluator.teacher_accuracy:.4f}"
     )
     if args.out:
         Path(args.out).write_text(
