@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -97,6 +95,8 @@ class RunRecorder:
             "flops",
             "compression",
             "rewards",
+            "teacher_accuracy",
+            "teacher_params",
             "cache_hit",
             "error",
             "error_type",
@@ -112,9 +112,6 @@ class RunRecorder:
             handle.write(json.dumps(record, default=_jsonable) + "\n")
             handle.flush()
         self.records.append(record)
-        self._teacher = {
-            k: info.get(k) for k in ("teacher_accuracy", "teacher_params", "teacher_flops")
-        }
         if self._update_best(record):
             write_json_atomic(self.run_dir / BEST_FILE, self.best)
         return record
@@ -145,18 +142,3 @@ class RunRecorder:
         }
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
-
-
-class RecordEvaluations(gym.Wrapper):
-    """Records every finished episode's evaluation into a :class:`RunRecorder`."""
-
-    def __init__(self, env: gym.Env, recorder: RunRecorder) -> None:
-        super().__init__(env)
-        self.recorder = recorder
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            result = getattr(self.env.unwrapped, "last_result", None)
-            self.recorder.record(reward, info, wall_time=getattr(result, "wall_time", None))
-        return obs, reward, terminated, truncated, info

@@ -288,6 +288,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "error": result.error,
             "error_type": result.error_type,
             "masked_actions": self._masked_actions,
+            "wall_time": result.wall_time,
         }
 
     def render(self) -> str | None:
