@@ -286,6 +286,7 @@ def test_save_load_round_trip_reproduces_actions_and_optimiser(tmp_path):
     env = MatchTargetEnv(3)
     model = Reinforce("ControllerPolicy", env, seed=3, ent_coef=0.01)
     model.learn(20 * 8)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())  # masked entropy
     model.save(tmp_path / "model.zip")
 
     for loaded in (
