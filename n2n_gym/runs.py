@@ -57,6 +57,18 @@ def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a line left half-written by a crash, so that new lines start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        logger.warning("dropping a half-written last line of %s (the run was killed mid-write)", path)
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+
+
 @dataclass
 class RunRecorder:
     """Appends evaluations to a run directory and keeps the best student and summary current."""
@@ -68,6 +80,7 @@ class RunRecorder:
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.run_dir / EVALUATIONS_FILE)
         self.records = read_evaluations(self.run_dir)
         self.best: dict[str, Any] | None = None
         for record in self.records:

@@ -1,0 +1,113 @@
+"""train_agent.py end to end on the cheap evaluator: every algorithm, run directories, resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train_agent
+from n2n_gym.runs import read_evaluations
+
+PROXY = '{"evaluator": "proxy"}'
+RUN_FILES = ("config.json", "evaluations.jsonl", "best_student.json", "summary.json", "tb")
+
+
+def run(tmp_path: Path, *extra: str) -> int:
+    return train_agent.main(["--env-kwargs", PROXY, *extra])
+
+
+@pytest.mark.parametrize("algo", train_agent.ALGOS)
+def test_each_algorithm_writes_a_complete_run_directory(algo, tmp_path):
+    out = tmp_path / algo
+    assert run(tmp_path, "--algo", algo, "--budget", "6", "--out", str(out)) == 0
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "algo",
+        "seed",
+        "evaluations",
+        "best_reward",
+        "best_accuracy",
+        "best_params",
+        "teacher_accuracy",
+        "teacher_params",
+    ):
+        assert summary[key] is not None, key
+    assert summary["algo"] == algo and summary["evaluations"] == 6
+    records = read_evaluations(out)
+    assert [r["evaluation"] for r in records] == list(range(1, 7))
+    assert summary["best_reward"] == max(r["reward"] for r in records)
+    assert summary["best_params"] < summary["teacher_params"]
+    best = json.loads((out / "best_student.json").read_text())
+    assert best["reward"] == summary["best_reward"] and len(best["student"]["ratios"]) == 9
+    if algo != "random":
+        assert (out / train_agent.CHECKPOINT).exists()
+
+
+def test_resume_continues_without_losing_evaluations(tmp_path):
+    out = tmp_path / "run"
+    assert run(tmp_path, "--algo", "reinforce", "--budget", "5", "--out", str(out)) == 0
+    first = read_evaluations(out)
+    assert (
+        run(tmp_path, "--algo", "reinforce", "--budget", "5", "--out", str(out)) == 2
+    )  # refuses to overwrite
+    assert (
+        run(tmp_path, "--algo", "reinforce", "--budget", "12", "--out", str(out), "--resume") == 0
+    )
+    records = read_evaluations(out)
+    assert records[:5] == first
+    assert [r["evaluation"] for r in records] == list(range(1, 13))
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 12
+
+
+def test_a_torn_last_line_from_a_crash_is_skipped_on_resume(tmp_path):
+    out = tmp_path / "run"
+    assert run(tmp_path, "--algo", "random", "--budget", "3", "--out", str(out)) == 0
+    with (out / "evaluations.jsonl").open("a") as handle:
+        handle.write('{"evaluation": 4, "rew')  # killed mid-write
+    assert run(tmp_path, "--algo", "random", "--budget", "5", "--out", str(out), "--resume") == 0
+    assert [r["evaluation"] for r in read_evaluations(out)] == [1, 2, 3, 4, 5]
+
+
+def test_init_policy_starts_from_an_earlier_run(tmp_path):
+    first = tmp_path / "first"
+    assert run(tmp_path, "--algo", "ppo", "--budget", "5", "--out", str(first)) == 0
+    second = tmp_path / "second"
+    assert (
+        run(
+            tmp_path,
+            "--algo",
+            "ppo",
+            "--budget",
+            "5",
+            "--out",
+            str(second),
+            "--init-policy",
+            str(first),
+        )
+        == 0
+    )
+    assert json.loads((second / "summary.json").read_text())["evaluations"] == 5
+
+
+def test_bad_input_gives_one_clear_line(tmp_path):
+    script = Path(train_agent.__file__)
+    cases = [
+        (["--env", "N2NNope-v0"], "is not registered"),
+        (["--env-kwargs", "{nope"], "--env-kwargs is not valid JSON"),
+        (["--budget", "0"], "--budget must be at least 1"),
+        (
+            ["--env-kwargs", '{"dataset": "imagenet"}', "--out", str(tmp_path / "x")],
+            "dataset='imagenet'",
+        ),
+    ]
+    for argv, message in cases:
+        result = subprocess.run(
+            [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2, argv
+        output = result.stdout + result.stderr
+        assert message in output and "Traceback" not in output, output
