@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from n2n_gym.atomic import json_line, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -23,24 +23,6 @@ CONFIG_FILE = "config.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
 BEST_FILE = "best_student.json"
 SUMMARY_FILE = "summary.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, default=_jsonable)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -64,7 +46,9 @@ def _drop_torn_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
-        logger.warning("dropping a half-written last line of %s (the run was killed mid-write)", path)
+        logger.warning(
+            "dropping a half-written last line of %s (the run was killed mid-write)", path
+        )
         with path.open("r+b") as handle:
             handle.truncate(keep)
 
@@ -122,7 +106,7 @@ class RunRecorder:
         }
         record.update({key: info.get(key) for key in fields})
         with (self.run_dir / EVALUATIONS_FILE).open("a") as handle:
-            handle.write(json.dumps(record, default=_jsonable) + "\n")
+            handle.write(json_line(record) + "\n")
             handle.flush()
         self.records.append(record)
         if self._update_best(record):

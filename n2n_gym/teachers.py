@@ -38,6 +38,7 @@ from torchvision.models.vgg import cfgs as VGG_CONFIGS
 from tqdm.auto import tqdm
 
 from n2n_gym.arch import InvalidArchitecture, Layer, NetworkSpec
+from n2n_gym.atomic import atomic_write
 from n2n_gym.data import DATASETS, DataError, DatasetSplits, available_datasets, load_dataset
 from n2n_gym.distill import accuracy
 from n2n_gym.surgery import SpecNetwork, UnsupportedModule, build_module, convert_module
@@ -553,16 +554,6 @@ def _settings(**values: Any) -> dict[str, Any]:
     return dict(sorted(values.items()))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    # A crash mid-write leaves the previous checkpoint intact; os.replace is atomic on one disk.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def sidecar_path(checkpoint: str | os.PathLike[str]) -> Path:
     """The JSON summary written next to a checkpoint (``teacher.pt`` -> ``teacher.json``)."""
     return Path(checkpoint).with_suffix(".json")
@@ -922,13 +913,13 @@ def _save_checkpoint(
     }
     if not complete:
         content["optimizer_state"] = optimizer.state_dict()  # type: ignore[union-attr]
-    _atomic_write(out, lambda tmp: torch.save(content, tmp))
+    atomic_write(out, lambda tmp: torch.save(content, tmp))
     summary = {
         key: value for key, value in content.items() if key not in ("state_dict", "optimizer_state")
     }
     summary["checkpoint"] = out.name
     summary["fingerprint"] = _fingerprint_of(spec, state_dict)
-    _atomic_write(
+    atomic_write(
         sidecar_path(out),
         lambda tmp: tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n"),
     )
