@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) train_agent.py --algo random --budget 20
+	$(PY) train_agent.py --algo reinforce
 
 test: setup
 	$(PY) -m pytest -q

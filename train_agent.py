@@ -204,7 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             f"[red]{run_dir} already holds a run:[/] pass --resume to continue it, or --out DIR"
         )
         return 2
-    env_kwargs = {"device": args.device, **args.env_kwargs}
+    # A per-run reward cache: a student the agent proposes again costs nothing the second time.
+    env_kwargs = {
+        "device": args.device,
+        "cache_path": str(run_dir / "rewards.sqlite"),
+        **args.env_kwargs,
+    }
     try:
         probe = gym.make(args.env, **env_kwargs)
     except (ValueError, gym.error.Error) as error:
