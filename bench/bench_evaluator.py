@@ -50,13 +50,16 @@ class Reference:
     """batches through DataLoader(TensorDataset) instead of index slices of on-device tensors"""
     eval_batch: int | None = None
     """evaluation batch size; None: the training batch size"""
+    channels_last: bool = False
+    """images and networks in the channels-last layout"""
 
 
 PLAIN = Reference("reference")
 ABLATIONS = (
     Reference("reference + cached teacher logits", cached_logits=True),
     Reference("reference + no DataLoader", loader=False),
-    Reference("reference + eval batch 1000", eval_batch=1000),
+    Reference("reference + eval batch 256", eval_batch=256),
+    Reference("reference + channels-last", channels_last=True),
 )
 
 
@@ -76,20 +79,29 @@ class ReferenceLoop:
         self.train = TensorDataset(data.train_x[index], data.train_y[index])
         size = config.eval_size or len(data.val_y)
         self.val = TensorDataset(data.val_x[:size], data.val_y[:size])
-        self.teacher = copy.deepcopy(teacher.module).to(device).eval()
+        self.teacher = self.layout(copy.deepcopy(teacher.module).to(device).eval())
         self.teacher_accuracy = self.accuracy(self.teacher)
         self.logits = None
         if variant.cached_logits:
             with torch.no_grad():
-                self.logits = self.teacher(self.train.tensors[0].to(device))
+                self.logits = self.teacher(self.layout(self.train.tensors[0].to(device)))
+
+    def layout(self, value):
+        """A module or image batch in the variant's memory layout."""
+        if not self.variant.channels_last:
+            return value
+        if isinstance(value, torch.nn.Module):
+            return value.to(memory_format=torch.channels_last)
+        return value.contiguous(memory_format=torch.channels_last)
 
     def batches(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator=None):
         if self.variant.loader:
             loader = DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator)
             for x, y in loader:
-                yield x.to(device=self.device), y.to(device=self.device), None
+                yield self.layout(x.to(device=self.device)), y.to(device=self.device), None
             return
-        x_all, y_all = (t.to(self.device) for t in dataset.tensors)
+        x_all, y_all = (t.to(self.device) for t in dataset.tensors[:2])
+        x_all = self.layout(x_all)
         order = torch.randperm(len(y_all), generator=generator) if shuffle else None
         for start in range(0, len(y_all), batch_size):
             index = (
@@ -109,7 +121,7 @@ class ReferenceLoop:
         return correct / len(self.val)
 
     def evaluate(self, student_module: torch.nn.Module) -> float:
-        model = student_module.to(self.device)
+        model = self.layout(student_module.to(self.device))
         optimiser = torch.optim.Adam(
             model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
         )
@@ -134,7 +146,7 @@ class ReferenceLoop:
         if self.variant.cached_logits and self.variant.loader:
             loader = DataLoader(dataset, batch_size, shuffle=True, generator=generator)
             for x, _, logits in loader:
-                yield x.to(self.device), logits.to(self.device)
+                yield self.layout(x.to(self.device)), logits.to(self.device)
             return
         for x, _, index in self.batches(dataset, batch_size, shuffle=True, generator=generator):
             if self.logits is not None:

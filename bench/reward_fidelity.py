@@ -18,6 +18,7 @@ Extra short fidelities can be ranked against the same long reference with ``--ca
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -40,9 +41,9 @@ from n2n_gym.teachers import load_teacher
 # Alternative short fidelities compared with --candidates (the default is always included).
 CANDIDATES: dict[str, DistillConfig] = {
     "2k-x1": DistillConfig(transfer_size=2048, epochs=1),
-    "4k-x2": DistillConfig(transfer_size=4096, epochs=2),
-    "8k-x1": DistillConfig(transfer_size=8192, epochs=1),
-    "8k-x1-b128": DistillConfig(transfer_size=8192, epochs=1, batch_size=128),
+    "4k-x1": DistillConfig(transfer_size=4096, epochs=1),
+    "16k-x1": DistillConfig(transfer_size=16384, epochs=1),
+    "8k-x1-lr2e-3": DistillConfig(transfer_size=8192, epochs=1, lr=2e-3),
 }
 
 
@@ -91,27 +92,29 @@ def parse_args() -> Args:
 
 
 def random_removal_students(teacher_spec, count: int, seed: int) -> list[StudentDescription]:
-    """Distinct valid students, each removable unit removed with probability 1/2."""
-    rng = random.Random(seed)
+    """``count`` random valid removal students with distinct architectures.
+
+    Every subset of the removable units is a candidate (removing either of two identical layers
+    gives the same network, so candidates are deduplicated by architecture); the students are a
+    seeded sample of them, which removes each unit with probability about 1/2.
+    """
     removable = [i for i, rule in enumerate(unit_rules(teacher_spec)) if rule.removable]
-    possible = 2 ** len(removable) - 1
-    if count > possible:
-        raise SystemExit(f"the teacher has only {possible} removal students; ask for fewer")
-    students: dict[str, StudentDescription] = {}
-    while len(students) < count:
-        ratios = [1.0] * teacher_spec.num_units
-        for unit in removable:
-            if rng.random() < 0.5:
-                ratios[unit] = 0.0
-        if all(r == 1.0 for r in ratios):
+    distinct: dict[str, StudentDescription] = {}
+    for removed in itertools.product((False, True), repeat=len(removable)):
+        if not any(removed):
             continue
+        ratios = [1.0] * teacher_spec.num_units
+        for unit, remove in zip(removable, removed, strict=True):
+            if remove:
+                ratios[unit] = 0.0
         student = StudentDescription(teacher_spec, tuple(ratios))
         try:
-            plan = student.plan()
+            distinct.setdefault(student.plan().spec.key, student)
         except InvalidArchitecture:
             continue
-        students.setdefault(plan.spec.key, student)
-    return list(students.values())
+    if count > len(distinct):
+        raise SystemExit(f"the teacher has only {len(distinct)} distinct removal students")
+    return random.Random(seed).sample(list(distinct.values()), count)
 
 
 def long_config(short: DistillConfig, factor: float, train_images: int) -> DistillConfig:

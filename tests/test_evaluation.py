@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import sqlite3
 
 import pytest
 import torch
@@ -175,10 +176,11 @@ def test_cache_hit_from_another_process(tmp_path):
 
 
 def test_cache_file_uses_wal_and_in_memory_caches_refuse_pickling(tmp_path):
-    cache = RewardCache(tmp_path / "deep" / "rewards.sqlite")
+    path = tmp_path / "deep" / "rewards.sqlite"
+    cache = RewardCache(path)
     cache.put("k", {"accuracy": 0.5})
-    mode = cache._connect().execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    with sqlite3.connect(path) as other_connection:  # WAL is a property of the file
+        assert other_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     copy = pickle.loads(pickle.dumps(cache))
     assert copy.get("k") == {"accuracy": 0.5} and copy.get("missing") is None
     with pytest.raises(TypeError, match="in-memory"):
