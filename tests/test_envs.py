@@ -229,3 +229,16 @@ def test_real_distillation_episode_is_deterministic(env_id, tmp_path):
     assert info_again["cache_hit"] and reward_again == reward
     fresh = gym.make(env_id)  # no cache: the same seed gives the same reward
     assert run_episode(fresh, policy)[0] == reward
+
+
+def test_annealed_constraints_phase_in_over_updates_and_errors_render():
+    env = gym.make(
+        "N2NRemoval-v0",
+        evaluator="proxy",
+        render_mode="ansi",
+        constraints={"max_params": 1000, "constraint_mode": "annealed", "anneal_steps": 2},
+    )
+    rewards = [run_episode(env, remove_every_other)[0] for _ in range(15)]
+    assert rewards[0] == rewards[4] > 0  # first update: no penalty yet
+    assert rewards[0] > rewards[5] > rewards[10] == -1.0  # half way, then full strength
+    assert "reward -1" in env.render()

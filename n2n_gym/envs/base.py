@@ -33,6 +33,8 @@ from n2n_gym.teachers import Teacher, load_teacher
 
 logger = logging.getLogger(__name__)
 
+EPISODES_PER_UPDATE = 5
+
 
 class EnvConfigError(ValueError):
     """A ``gymnasium.make`` argument the environment cannot use; the message says what to pass."""
@@ -143,6 +145,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._decisions: list[float] = []
         self._masked_actions = 0
         self.last_result: EvalResult | None = None
+        self.episodes = 0  # finished episodes, for annealed constraints
 
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _base_student(self) -> StudentDescription:
@@ -238,7 +241,12 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._step += 1
         if self._step < self.num_steps:
             return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
-        result = self.evaluator.evaluate(self.student())
+        # Annealed constraints phase in over policy updates; the env counts them as finished
+        # episodes // EPISODES_PER_UPDATE (the paper's m rollouts per update).
+        result = self.evaluator.evaluate(
+            self.student(), progress=self.episodes // EPISODES_PER_UPDATE
+        )
+        self.episodes += 1
         self.last_result = result
         return self._observation(), float(result.reward), True, False, self._terminal_info(result)
 
@@ -316,7 +324,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if self.last_result is not None:
             r = self.last_result
             lines.append(
-                f"reward {r.reward:.4f}  accuracy {r.accuracy:.4f}  params {r.params}  error {r.error}"
+                f"reward {r.reward:.4f}  accuracy {r.accuracy}  params {r.params}  error {r.error}"
             )
         return "\n".join(lines)
 
