@@ -194,7 +194,23 @@ def prepare_module(module: nn.Module, device: str | torch.device) -> nn.Module:
     return module.to(torch.device(device)).to(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; other names are checked, with a fix in the error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device {device!r} is not a device name ({error}); use cpu, cuda or auto"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs CUDA, which is not available; use cpu or auto")
+    return resolved
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU stays fp32 and deterministic)."""
     return torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
     )
@@ -212,7 +228,7 @@ def predict_logits(module: nn.Module, x: torch.Tensor, batch_size: int = 256) ->
     was_training = module.training
     module.eval()
     try:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device):
             outputs = [
                 module(x[start : start + batch_size]).float()
                 for start in range(0, len(x), batch_size)
@@ -238,7 +254,7 @@ def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     module.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     try:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device):
             for start in range(0, len(x), batch_size):
                 logits = module(x[start : start + batch_size])
                 correct += (logits.argmax(1) == y[start : start + batch_size]).sum()
@@ -362,7 +378,7 @@ def distill(
             epoch_loss.zero_()
             for begin in range(0, num, config.batch_size):
                 batch = order[begin : begin + config.batch_size]
-                with _autocast(device):
+                with autocast(device):
                     output = student(inputs[batch]).float()
                 loss = F.mse_loss(output, teacher_logits[batch])
                 if config.hard_label_weight > 0:

@@ -48,6 +48,7 @@ from n2n_gym.distill import (
     module_device,
     prepare_inputs,
     prepare_module,
+    resolve_device,
 )
 from n2n_gym.reward import RewardConfig, compute_reward
 from n2n_gym.surgery import build_student
@@ -81,13 +82,6 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,)
 
 # Bump when the meaning of a cached measurement changes, so old entries are ignored.
 _CACHE_FORMAT = 1
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)

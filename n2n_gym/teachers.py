@@ -24,8 +24,7 @@ import pickle
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from n2n_gym.arch import InvalidArchitecture, Layer, NetworkSpec
 from n2n_gym.atomic import atomic_write
 from n2n_gym.data import DATASETS, DataError, DatasetSplits, available_datasets, load_dataset
-from n2n_gym.distill import accuracy
+from n2n_gym.distill import accuracy, autocast, prepare_inputs, resolve_device
 from n2n_gym.surgery import SpecNetwork, UnsupportedModule, build_module, convert_module
 
 __all__ = [
@@ -534,17 +533,10 @@ def _finish(
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise TeacherError(
-            f"device {device!r} is not a device name ({_first_line(error)}); use cpu, cuda or auto"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TeacherError(f"device {device!r} needs CUDA, which is not available; use cpu or auto")
-    return resolved
+        return resolve_device(device)
+    except ValueError as error:
+        raise TeacherError(str(error)) from None
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -582,21 +574,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool
     if flip:
         mirrored = (torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(mirrored[:, None, None, None], x.flip(3), x)
-    return x
-
-
-@contextmanager
-def _autocast(device: torch.device) -> Iterator[None]:
-    with torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-    ):
-        yield
-
-
-def _to_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # cuDNN's fastest convolutions on tensor cores want NHWC.
-    if device.type == "cuda":
-        return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
@@ -789,9 +766,9 @@ def train_teacher(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(epoch * steps_per_epoch + step, total_steps, lr)
             index = order[step * batch_size : (step + 1) * batch_size]
-            x = _to_layout(_augment(train_x[index], generator, shift, flip), run_device)
+            x = prepare_inputs(_augment(train_x[index], generator, shift, flip), run_device)
             y = train_y[index]
-            with _autocast(run_device):
+            with autocast(run_device):
                 logits = module(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
