@@ -18,6 +18,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 LossName = Literal["mse"]
 LOSSES: tuple[str, ...] = ("mse",)
+ScheduleName = Literal["constant", "cosine"]
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 # How often (in optimiser steps) the loss is checked for NaN/inf. Checking reads the loss back to the
 # host, which stalls a CUDA stream, so it is done in intervals rather than every step.
@@ -77,6 +80,8 @@ class DistillConfig:
         loss: ``"mse"``: mean squared error between student and teacher logits (the paper's).
         hard_label_weight: weight of an added cross-entropy with the true labels
             (``loss = mse + w · ce``); 0 is the paper's pure logit matching.
+        lr_schedule: ``"constant"`` (the paper's, used for rewards) or ``"cosine"`` (decays to zero
+            over the run; better for the long final training of a chosen student).
         eval_size: validation images the accuracy is measured on (the first ones of the validation
             split, which is itself a seeded random hold-out); ``None``: the whole split.
         eval_batch_size: images per forward pass when measuring accuracy or teacher logits (256:
@@ -92,6 +97,7 @@ class DistillConfig:
     weight_decay: float = 5e-4
     loss: LossName = "mse"
     hard_label_weight: float = 0.0
+    lr_schedule: ScheduleName = "constant"
     eval_size: int | None = 2000
     eval_batch_size: int = 256
     seed: int = 0
@@ -119,6 +125,11 @@ class DistillConfig:
         if self.loss not in LOSSES:
             raise ValueError(
                 f"DistillConfig.loss={self.loss!r} is not supported; use one of {LOSSES}"
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"DistillConfig.lr_schedule={self.lr_schedule!r} is not supported; use one of "
+                f"{SCHEDULES}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"DistillConfig.seed={self.seed!r} must be an integer")
@@ -326,6 +337,7 @@ def distill(
     config: DistillConfig,
     device: str | torch.device,
     labels: torch.Tensor | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> DistillStats:
     """Train ``student`` in place to reproduce the teacher's logits on ``inputs``.
 
@@ -341,6 +353,9 @@ def distill(
         config: epochs, batch size, optimiser and loss settings; ``seed`` seeds the batch order.
         device: where to train.
         labels: true labels of ``inputs``; needed when ``config.hard_label_weight > 0``.
+        on_epoch: called after every epoch with the epoch number (1-based) and its mean loss, the
+            student in eval mode (e.g. to validate and keep the best weights); it may raise
+            ``KeyboardInterrupt`` to stop early.
 
     Returns:
         Step counts, losses and time.
@@ -365,6 +380,14 @@ def distill(
     )
     generator = torch.Generator().manual_seed(config.seed)
     num = len(inputs)
+    total_steps = config.epochs * math.ceil(num / config.batch_size)
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        )
+        if config.lr_schedule == "cosine"
+        else None
+    )
     steps = images = 0
     first_loss = math.nan
     epoch_loss = torch.zeros((), device=device)
@@ -373,7 +396,7 @@ def distill(
     # disturbs the caller's random state.
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        for _ in range(config.epochs):
+        for epoch in range(1, config.epochs + 1):
             order = torch.randperm(num, generator=generator).to(device)
             epoch_loss.zero_()
             for begin in range(0, num, config.batch_size):
@@ -386,6 +409,8 @@ def distill(
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
+                if scheduler is not None:
+                    scheduler.step()
                 epoch_loss += loss.detach()
                 steps += 1
                 images += len(batch)
@@ -397,6 +422,10 @@ def distill(
             batches = math.ceil(num / config.batch_size)
             final_loss = epoch_loss.item() / batches
             _check_finite(final_loss, steps)
+            if on_epoch is not None:
+                student.eval()
+                on_epoch(epoch, final_loss)
+                student.train()
     student.eval()
     return DistillStats(
         steps=steps,

@@ -521,10 +521,19 @@ class DistillationEvaluator(_BaseEvaluator):
             self._surgery_teacher, student, inherit_weights=self.inherit_weights, seed=self.seed
         )
 
-    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+    def train(self, student: StudentDescription) -> tuple[StudentPlan, torch.nn.Module, float]:
+        """Build and distil ``student`` exactly as a reward does; returns it with its accuracy.
+
+        A search keeps only measurements; this re-creates the trained network of one of them (on
+        CPU, bitwise the same as during the search).
+
+        Raises:
+            InvalidArchitecture, DistillationDiverged, torch.OutOfMemoryError: see
+                :data:`EXPECTED_ERRORS`.
+        """
         targets = self.targets
         x, y = self.eval_set
-        _, module = self.build(student)
+        plan, module = self.build(student)
         try:
             stats = distill(
                 module,
@@ -548,6 +557,10 @@ class DistillationEvaluator(_BaseEvaluator):
             stats.final_loss,
             measured,
         )
+        return plan, module, measured
+
+    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+        _, _, measured = self.train(student)
         return _Measurement(accuracy=measured, params=plan.spec.params, flops=plan.spec.flops)
 
     def _cache_context(self) -> dict[str, Any]:

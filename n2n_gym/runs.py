@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (how the run was started), ``evaluations.jsonl`` (one line
 per student evaluation, appended and flushed as it happens), ``best_student.json`` (the best
-student so far, as a description plus its scores) and ``summary.json``. JSON files are replaced
+student so far, as a description plus its scores), ``best_student.pt`` (its weights as the search
+trained them, written when the search stops) and ``summary.json``. JSON files are replaced
 atomically; the JSONL log is append-only, so a killed run keeps every finished evaluation.
 """
 
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from n2n_gym.arch import StudentDescription
 from n2n_gym.atomic import json_line, write_json_atomic
+from n2n_gym.evaluation import EXPECTED_ERRORS, DistillationEvaluator, Evaluator
+from n2n_gym.students import save_student
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,66 @@ CONFIG_FILE = "config.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
 BEST_FILE = "best_student.json"
 SUMMARY_FILE = "summary.json"
+BEST_WEIGHTS_FILE = "best_student.pt"
+CHECKPOINT_FILE = "checkpoints/agent.zip"
+
+
+class RunDirError(ValueError):
+    """A folder that is not (or not yet) the run directory a command needs; says what to run."""
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` a search wrote (its ``env``, ``env_kwargs``, ``algo``, ``seed`` ...)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise RunDirError(
+            f"{run_dir} is not a search run directory (no {CONFIG_FILE}); "
+            "make one with `python train_agent.py --out DIR`"
+        )
+    return json.loads(path.read_text())
+
+
+def read_best_student(run_dir: str | Path) -> tuple[StudentDescription, dict[str, Any]]:
+    """The best student a search found, with its recorded evaluation."""
+    path = Path(run_dir) / BEST_FILE
+    if not path.exists():
+        raise RunDirError(
+            f"{run_dir} has no successful evaluation yet ({BEST_FILE} is missing); "
+            "run or resume the search first (`python train_agent.py --resume --out DIR`)"
+        )
+    record = json.loads(path.read_text())
+    return StudentDescription.from_dict(record["student"]), record
+
+
+def write_best_weights(run_dir: str | Path, evaluator: Evaluator) -> Path | None:
+    """Re-create the best student's trained network as its reward did and save it in the run.
+
+    Only measurements are kept during a search (weights of hundreds of students would not be);
+    distillation is seeded, so this gives the network the search scored. Returns the file, or
+    ``None`` when there is no best student or the evaluator trains nothing (a proxy).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST_FILE).exists():
+        return None
+    if not isinstance(evaluator, DistillationEvaluator):
+        logger.info(
+            "no weights for the best student: %s trains no network", type(evaluator).__name__
+        )
+        return None
+    student, record = read_best_student(run_dir)
+    try:
+        _, module, measured = evaluator.train(student)
+    except EXPECTED_ERRORS as error:
+        logger.warning("could not re-train the best student: %s", error)
+        return None
+    metadata = {
+        "val_accuracy": measured,
+        "search_accuracy": record.get("accuracy"),
+        "reward": record.get("reward"),
+        "trained_by": "search reward",
+        "distill_config": evaluator.distill_config.to_dict(),
+    }
+    return save_student(run_dir / BEST_WEIGHTS_FILE, module, student, metadata)
 
 
 def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:

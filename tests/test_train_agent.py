@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import train_agent
-from n2n_gym.runs import read_evaluations
+from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
 
 PROXY = '{"evaluator": "proxy"}'
 RUN_FILES = ("config.json", "evaluations.jsonl", "best_student.json", "summary.json", "tb")
@@ -44,7 +44,7 @@ def test_each_algorithm_writes_a_complete_run_directory(algo, tmp_path):
     best = json.loads((out / "best_student.json").read_text())
     assert best["reward"] == summary["best_reward"] and len(best["student"]["ratios"]) == 9
     if algo != "random":
-        assert (out / train_agent.CHECKPOINT).exists()
+        assert (out / CHECKPOINT_FILE).exists()
 
 
 def test_resume_continues_without_losing_evaluations(tmp_path):

@@ -1,0 +1,363 @@
+"""Finishing a search: train the chosen student to convergence and report it on the test set.
+
+A reward distils a student briefly; the student a user keeps gets a long distillation over the
+whole training split with a cosine learning rate, keeping the weights of the epoch with the best
+*validation* accuracy (the test set is touched once, for the report). The report compares teacher
+and student on the test set — accuracy, parameters, FLOPs, compression and CPU latency per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+
+from n2n_gym.arch import StudentDescription
+from n2n_gym.atomic import write_json_atomic
+from n2n_gym.data import DatasetSplits, load_dataset
+from n2n_gym.distill import (
+    DistillConfig,
+    TeacherTargets,
+    accuracy,
+    distill,
+    prepare_inputs,
+    prepare_module,
+    resolve_device,
+)
+from n2n_gym.runs import read_best_student, read_run_config
+from n2n_gym.students import save_student
+from n2n_gym.surgery import build_student
+from n2n_gym.teachers import Teacher
+
+__all__ = [
+    "FINAL_TRAINING",
+    "REPORT_FILE",
+    "STUDENT_FILE",
+    "FinalTraining",
+    "StudentReport",
+    "cpu_latency",
+    "finish_run",
+    "report_table",
+    "test_report",
+    "train_final",
+]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_FILE = "student.pt"
+REPORT_FILE = "report.json"
+
+# Long enough to converge for the MNIST students of the default task (validation accuracy stops
+# rising after about 10 epochs); the cosine schedule anneals to zero so the last epochs polish.
+# A little weight on the true labels helps the smallest students (the teacher's few mistakes are
+# not copied).
+FINAL_TRAINING = DistillConfig(
+    transfer_size=None,
+    epochs=15,
+    batch_size=128,
+    lr=2e-3,
+    weight_decay=5e-4,
+    hard_label_weight=0.5,
+    lr_schedule="cosine",
+    eval_size=None,
+)
+
+
+@dataclass
+class FinalTraining:
+    """The outcome of :func:`train_final`.
+
+    Attributes:
+        module: the student with the weights of its best validation epoch, on the CPU, eval mode.
+        val_accuracy: that epoch's validation accuracy.
+        best_epoch: which epoch it was (1-based).
+        history: one dict per finished epoch: ``epoch``, ``loss``, ``val_accuracy``, ``seconds``.
+        wall_time: seconds for the whole training.
+        config: the distillation settings used.
+    """
+
+    module: torch.nn.Module
+    val_accuracy: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    wall_time: float
+    config: DistillConfig
+
+
+def train_final(
+    teacher: Teacher,
+    data: DatasetSplits,
+    student: StudentDescription,
+    config: DistillConfig = FINAL_TRAINING,
+    *,
+    device: str | torch.device = "auto",
+    inherit_weights: bool = True,
+    seed: int = 0,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FinalTraining:
+    """Distil ``student`` from ``teacher`` for ``config.epochs`` and keep its best epoch.
+
+    Args:
+        teacher: the trained teacher.
+        data: splits; the student trains on ``train`` (``config.transfer_size`` of it) and is
+            validated on ``val`` (``config.eval_size`` of it) after every epoch.
+        student: what to build (from the teacher's weights when ``inherit_weights``).
+        config: the distillation settings.
+        device: where to train; ``"auto"`` picks CUDA when available.
+        inherit_weights: start from the teacher's weights where shapes allow.
+        seed: seeds re-initialised layers.
+        on_epoch: called with each epoch's history entry (for progress bars). Ctrl-C during
+            training stops it and keeps the best epoch so far.
+
+    Raises:
+        InvalidArchitecture, DistillationDiverged: the student cannot be built or trained.
+    """
+    device = resolve_device(device)
+    start = time.perf_counter()
+    _, module = build_student(
+        copy.deepcopy(teacher.module).cpu(), student, inherit_weights=inherit_weights, seed=seed
+    )
+    x_train, y_train = data.split("train")
+    targets = TeacherTargets.compute(teacher.module, x_train, y_train, config, device)
+    x_val, y_val = data.split("val")
+    size = config.eval_size or len(y_val)
+    x_val, y_val = prepare_inputs(x_val[:size], device), y_val[:size].to(device)
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"accuracy": -1.0, "epoch": 0, "state": None}
+    epoch_start = time.perf_counter()
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        nonlocal epoch_start
+        measured = accuracy(module, x_val, y_val, config.eval_batch_size)
+        entry = {
+            "epoch": epoch,
+            "loss": loss,
+            "val_accuracy": measured,
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history.append(entry)
+        logger.info("epoch %d: loss %.4g, validation accuracy %.4f", epoch, loss, measured)
+        if measured > best["accuracy"]:
+            best.update(accuracy=measured, epoch=epoch, state=copy.deepcopy(module.state_dict()))
+        if on_epoch is not None:
+            on_epoch(entry)
+        epoch_start = time.perf_counter()
+
+    module = prepare_module(module, device)
+    try:
+        distill(
+            module,
+            targets.logits,
+            targets.inputs,
+            config,
+            device,
+            labels=targets.labels,
+            on_epoch=after_epoch,
+        )
+    except KeyboardInterrupt:
+        if best["state"] is None:
+            raise
+        logger.warning("final training interrupted; keeping epoch %d", best["epoch"])
+    module.load_state_dict(best["state"])
+    return FinalTraining(
+        module=module.cpu().eval(),
+        val_accuracy=best["accuracy"],
+        best_epoch=best["epoch"],
+        history=history,
+        wall_time=time.perf_counter() - start,
+        config=config,
+    )
+
+
+def cpu_latency(
+    module: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 64,
+    repeats: int = 20,
+) -> float:
+    """Median seconds for one forward pass of a ``batch_size`` batch on the CPU (after warm-up)."""
+    module = prepare_module(copy.deepcopy(module), "cpu").eval()
+    x = prepare_inputs(torch.randn(batch_size, *input_shape), "cpu")
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 3):
+            begin = time.perf_counter()
+            module(x)
+            if index >= 3:  # the first passes pick kernels and allocate
+                times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+@dataclass
+class StudentReport:
+    """Teacher versus finished student on the test set (see :func:`test_report`)."""
+
+    test_accuracy: float
+    teacher_test_accuracy: float
+    params: int
+    teacher_params: int
+    flops: int
+    teacher_flops: int
+    compression: float
+    accuracy_drop_pp: float
+    latency_ms: float
+    teacher_latency_ms: float
+    latency_batch: int
+    test_images: int
+    student: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+def test_report(
+    teacher: Teacher,
+    module: torch.nn.Module,
+    student: StudentDescription,
+    data: DatasetSplits,
+    *,
+    device: str | torch.device = "auto",
+    latency_batch: int = 64,
+    **extra: Any,
+) -> StudentReport:
+    """Measure teacher and student on the test split and time both on the CPU.
+
+    Args:
+        teacher: the teacher.
+        module: the finished student (built from ``student``).
+        student: its description.
+        data: the splits; only ``test`` is read.
+        device: where accuracies are measured.
+        latency_batch: images per batch for the CPU latency.
+        extra: more facts to put in the report (e.g. the run directory, training history).
+    """
+    device = resolve_device(device)
+    x, y = data.split("test")
+    x = prepare_inputs(x, device)
+    y = y.to(device)
+    teacher_module = prepare_module(copy.deepcopy(teacher.module), device).eval()
+    student_module = prepare_module(copy.deepcopy(module), device).eval()
+    teacher_accuracy = accuracy(teacher_module, x, y)
+    student_accuracy = accuracy(student_module, x, y)
+    spec = student.plan().spec
+    shape = tuple(teacher.spec.input_shape)
+    return StudentReport(
+        test_accuracy=student_accuracy,
+        teacher_test_accuracy=teacher_accuracy,
+        params=spec.params,
+        teacher_params=teacher.spec.params,
+        flops=spec.flops,
+        teacher_flops=teacher.spec.flops,
+        compression=teacher.spec.params / spec.params,
+        accuracy_drop_pp=100.0 * (teacher_accuracy - student_accuracy),
+        latency_ms=1000.0 * cpu_latency(module, shape, latency_batch),
+        teacher_latency_ms=1000.0 * cpu_latency(teacher.module, shape, latency_batch),
+        latency_batch=latency_batch,
+        test_images=len(y),
+        student=student.to_dict(),
+        extra=extra,
+    )
+
+
+def finish_run(
+    run_dir: str | Path,
+    *,
+    student: StudentDescription | None = None,
+    config: DistillConfig = FINAL_TRAINING,
+    device: str | torch.device = "auto",
+    out_dir: str | Path | None = None,
+    latency_batch: int = 64,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[StudentReport, Path]:
+    """Train a search's student fully, report it on the test set and save it.
+
+    Args:
+        run_dir: a run directory of ``train_agent.py`` (its teacher, data and settings are used).
+        student: what to finish; default the run's best student.
+        config: the final distillation.
+        device: where to train and measure accuracy.
+        out_dir: where ``student.pt`` and ``report.json`` go; default ``run_dir``.
+        latency_batch: images per batch for the CPU latency.
+        on_epoch: called with each epoch's history entry.
+
+    Returns:
+        The report and the saved student file.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a finished-enough run directory.
+    """
+    import gymnasium as gym
+
+    run_dir = Path(run_dir)
+    settings = read_run_config(run_dir)
+    if student is None:
+        student, _ = read_best_student(run_dir)
+    # The proxy evaluator: only the teacher and the data settings are needed, not rewards.
+    env = gym.make(settings["env"], **{**settings.get("env_kwargs", {}), "evaluator": "proxy"})
+    base = env.unwrapped
+    # Split seed 0 is the split teacher training holds out, as during the search.
+    data = load_dataset(base.dataset, base.data_dir, val_size=base.val_size, seed=0)
+    trained = train_final(
+        base.teacher,
+        data,
+        student,
+        config,
+        device=device,
+        inherit_weights=base.inherit_weights,
+        seed=base.eval_seed,
+        on_epoch=on_epoch,
+    )
+    report = test_report(
+        base.teacher,
+        trained.module,
+        student,
+        data,
+        device=device,
+        latency_batch=latency_batch,
+        run_dir=str(run_dir),
+        val_accuracy=trained.val_accuracy,
+        best_epoch=trained.best_epoch,
+        training_seconds=trained.wall_time,
+        history=trained.history,
+        final_training=config.to_dict(),
+    )
+    out_dir = Path(out_dir or run_dir)
+    facts = {k: v for k, v in report.to_dict().items() if k not in ("student", "history")}
+    path = save_student(out_dir / STUDENT_FILE, trained.module, student, facts)
+    write_json_atomic(out_dir / REPORT_FILE, report.to_dict())
+    logger.info("saved %s and %s", path, out_dir / REPORT_FILE)
+    return report, path
+
+
+def report_table(report: StudentReport, path: Path | None = None) -> Table:
+    """The report as a table for the terminal (``path``: where the student was saved)."""
+    table = Table(title=f"teacher vs finished student ({report.test_images:,} test images)")
+    for column in ("", "teacher", "student"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "test accuracy", f"{report.teacher_test_accuracy:.4f}", f"{report.test_accuracy:.4f}"
+    )
+    table.add_row("parameters", f"{report.teacher_params:,}", f"{report.params:,}")
+    table.add_row("FLOPs (MACs/image)", f"{report.teacher_flops:,}", f"{report.flops:,}")
+    table.add_row("compression", "1x", f"{report.compression:.2f}x")
+    table.add_row(
+        f"CPU latency / batch of {report.latency_batch}",
+        f"{report.teacher_latency_ms:.2f} ms",
+        f"{report.latency_ms:.2f} ms",
+    )
+    caption = f"accuracy drop {report.accuracy_drop_pp:+.2f} pp"
+    if path is not None:
+        caption += f"; saved to {path} (n2n_gym.students.load_student)"
+    table.caption = caption
+    return table

@@ -1,0 +1,196 @@
+"""Finishing a search: saved students, evaluate.py's report, the two-stage pipeline."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import train_agent
+from n2n_gym.arch import StudentDescription
+from n2n_gym.data import load_dataset
+from n2n_gym.distill import accuracy
+from n2n_gym.runs import BEST_WEIGHTS_FILE, read_evaluations
+from n2n_gym.students import StudentFileError, load_student, save_student
+from n2n_gym.surgery import build_student
+from n2n_gym.teachers import load_teacher
+
+PROXY = '{"evaluator": "proxy"}'
+# A real but tiny reward: enough images that students learn something.
+TINY_REWARD = '{"fidelity": {"transfer_size": 1024, "eval_size": 500}}'
+TINY_FINAL = ["--epochs", "2", "--transfer-size", "2048"]
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist", val_size=5000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A short stage-1 search with real (tiny) distillation rewards."""
+    out = tmp_path_factory.mktemp("real") / "run"
+    argv = ["--algo", "random", "--budget", "4", "--out", str(out), "--env-kwargs", TINY_REWARD]
+    assert train_agent.main(argv) == 0
+    return out
+
+
+def test_saved_student_reloads_with_identical_outputs(tmp_path):
+    teacher = load_teacher("default")
+    description = StudentDescription(teacher.spec, (1, 0.5, 0, 1, 0.5, 0, 0, 0.5, 1))
+    _, module = build_student(teacher.module, description)
+    path = save_student(tmp_path / "s.pt", module, description, {"note": "x"})
+    loaded = load_student(path)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(loaded.module(x), module.eval()(x))
+    assert loaded.description == description and loaded.metadata == {"note": "x"}
+    assert loaded.params == sum(p.numel() for p in module.parameters())
+
+
+def test_bad_student_files_give_clear_errors(tmp_path):
+    with pytest.raises(StudentFileError, match="does not exist"):
+        load_student(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(StudentFileError, match="not a readable student file"):
+        load_student(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(StudentFileError, match="not a student file"):
+        load_student(tmp_path / "other.pt")
+
+
+@pytest.mark.expensive
+def test_search_saves_the_best_students_weights_as_it_scored_them(real_run, mnist):
+    best = json.loads((real_run / "best_student.json").read_text())
+    saved = load_student(real_run / BEST_WEIGHTS_FILE)
+    assert saved.description.to_dict() == best["student"]
+    x, y = mnist.split("val")
+    # Rewards are measured on the first 500 validation images; seeded CPU distillation repeats.
+    assert accuracy(saved.module, x[:500], y[:500]) == pytest.approx(best["accuracy"], abs=1e-9)
+    assert saved.metadata["val_accuracy"] == pytest.approx(best["accuracy"], abs=1e-9)
+
+
+@pytest.mark.expensive
+def test_evaluate_reports_on_the_test_set_and_the_student_reloads(real_run, mnist, tmp_path):
+    out = tmp_path / "finished"
+    assert evaluate.main([str(real_run), "--out", str(out), *TINY_FINAL]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("test_accuracy", "teacher_test_accuracy", "params", "teacher_params"):
+        assert report[key] is not None, key
+    best = json.loads((real_run / "best_student.json").read_text())
+    assert report["params"] == best["params"]
+    assert report["compression"] == pytest.approx(report["teacher_params"] / report["params"])
+    assert report["teacher_test_accuracy"] > 0.99  # the bundled teacher
+    assert report["latency_ms"] > 0 and report["teacher_latency_ms"] > 0
+    assert len(report["history"]) == 2
+    assert report["val_accuracy"] == max(e["val_accuracy"] for e in report["history"])
+    # Two epochs on 2,048 images already beat the 4-second search reward.
+    assert report["test_accuracy"] > best["accuracy"]
+
+    student = load_student(out / "student.pt")
+    x, y = mnist.split("test")
+    assert accuracy(student.module, x, y) == pytest.approx(report["test_accuracy"], abs=1e-9)
+    assert student.metadata["test_accuracy"] == report["test_accuracy"]
+
+
+@pytest.mark.expensive
+def test_pipeline_runs_removal_then_shrink_then_final_training(tmp_path):
+    out = tmp_path / "pipe"
+    argv = [
+        "--pipeline",
+        "--algo",
+        "random",
+        "--budget",
+        "3",
+        "--out",
+        str(out),
+        "--env-kwargs",
+        PROXY,
+        "--final-kwargs",
+        '{"epochs": 1, "transfer_size": 1024}',
+    ]
+    assert train_agent.main(argv) == 0
+    removal, shrink = out / "1-removal", out / "2-shrink"
+    assert json.loads((removal / "config.json").read_text())["env"] == "N2NRemoval-v0"
+    shrink_config = json.loads((shrink / "config.json").read_text())
+    assert shrink_config["env"] == "N2NShrink-v0"
+    assert shrink_config["env_kwargs"]["start_from"] == str(removal)
+    # Stage 2 starts from stage 1's best: its removed units stay removed in every shrink student.
+    removed = [
+        i
+        for i, r in enumerate(
+            json.loads((removal / "best_student.json").read_text())["student"]["ratios"]
+        )
+        if r == 0
+    ]
+    records = read_evaluations(shrink)
+    assert len(records) == 3
+    for record in records:
+        assert all(record["student"]["ratios"][i] == 0 for i in removed)
+    report = json.loads((out / "report.json").read_text())
+    shrink_best = json.loads((shrink / "best_student.json").read_text())
+    assert report["student"] == shrink_best["student"]
+    assert load_student(out / "student.pt").params == report["params"]
+
+    # Rerunning with --resume finds every stage done and only finishes again.
+    assert train_agent.main([*argv, "--resume"]) == 0
+    assert len(read_evaluations(shrink)) == 3
+
+
+def test_start_from_continues_a_removal_run_in_the_shrink_env(tmp_path):
+    first = tmp_path / "removal"
+    base = ["--env-kwargs", PROXY, "--algo", "random", "--budget", "3"]
+    assert train_agent.main([*base, "--out", str(first)]) == 0
+    second = tmp_path / "shrink"
+    argv = [*base, "--env", "N2NShrink-v0", "--start-from", str(first), "--out", str(second)]
+    assert train_agent.main(argv) == 0
+    config = json.loads((second / "config.json").read_text())
+    assert config["env_kwargs"]["start_from"] == str(first)
+
+
+def test_greedy_student_of_a_trained_policy(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--env-kwargs", PROXY, "--algo", "reinforce", "--budget", "5", "--out", str(out)]
+    assert train_agent.main(argv) == 0
+    student = evaluate.greedy_student(out)
+    assert len(student.ratios) == 9 and set(student.ratios) <= {0.0, 1.0}
+    assert student == evaluate.greedy_student(out)  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["{tmp}"], "is not a search run directory"),
+        (["{tmp}", "{tmp}"], "pass --compare"),
+        (["{tmp}", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--compare", "{tmp}"], "{tmp}"),
+    ],
+)
+def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
+    script = Path(evaluate.__file__)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    result = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message.replace("{tmp}", str(tmp_path)) in output.replace("\n", "")
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stages", "final"], "comes last"),
+        (["--stages", "removal,nope"], "choose from removal,shrink,final"),
+        (["--start-from", "x"], "use it with --env N2NShrink-v0"),
+        (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
+    ],
+)
+def test_pipeline_flags_are_checked(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_agent.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
