@@ -194,3 +194,22 @@ def test_pipeline_flags_are_checked(argv, message, capsys):
         train_agent.parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_prints_the_table_and_writes_the_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the table's full width
+    runs = tmp_path / "runs"
+    for algo in ("random", "reinforce"):
+        for seed in (0, 1):
+            argv = ["--env-kwargs", PROXY, "--algo", algo, "--seed", str(seed), "--budget", "6"]
+            assert train_agent.main([*argv, "--out", str(runs / f"{algo}-{seed}")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "comparison"
+    assert evaluate.main(["--compare", str(runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "reinforce" in printed and "random" in printed
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert sorted(row["algo"] for row in rows) == ["random", "reinforce"]
+    assert all(row["seeds"] == [0, 1] or row["seeds"] == 2 for row in rows)
+    for name in ("best_reward.png", "pareto.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
