@@ -36,7 +36,7 @@ import numpy as np
 from rich.table import Table
 
 from n2n_gym.atomic import atomic_write, write_json_atomic
-from n2n_gym.runs import CONFIG_FILE, EVALUATIONS_FILE, SUMMARY_FILE, read_evaluations
+from n2n_gym.runs import CONFIG_FILE, EVALUATIONS_FILE, REPORT_FILE, SUMMARY_FILE, read_evaluations
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 # A seed "reaches" the target when one of its students earns this fraction of the best reward.
 TARGET_FRACTION = 0.95
-# Written by evaluate.py into a run directory: test accuracy of the run's finished student.
-REPORT_FILE = "report.json"
 
 JSON_FILE = "comparison.json"
 CSV_FILE = "comparison.csv"

@@ -32,15 +32,13 @@ from n2n_gym.distill import (
     prepare_module,
     resolve_device,
 )
-from n2n_gym.runs import read_best_student, read_run_config
+from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_config
 from n2n_gym.students import save_student
 from n2n_gym.surgery import build_student
 from n2n_gym.teachers import Teacher
 
 __all__ = [
     "FINAL_TRAINING",
-    "REPORT_FILE",
-    "STUDENT_FILE",
     "FinalTraining",
     "StudentReport",
     "cpu_latency",
@@ -52,8 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STUDENT_FILE = "student.pt"
-REPORT_FILE = "report.json"
 
 # Long enough to converge for the MNIST students of the default task (validation accuracy stops
 # rising after about 10 epochs); the cosine schedule anneals to zero so the last epochs polish.

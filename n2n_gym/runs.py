@@ -29,6 +29,9 @@ BEST_FILE = "best_student.json"
 SUMMARY_FILE = "summary.json"
 BEST_WEIGHTS_FILE = "best_student.pt"
 CHECKPOINT_FILE = "checkpoints/agent.zip"
+# Written by evaluate.py: the fully trained student and its test-set report.
+STUDENT_FILE = "student.pt"
+REPORT_FILE = "report.json"
 
 
 class RunDirError(ValueError):
