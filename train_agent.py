@@ -15,12 +15,13 @@ evaluations.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,21 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import RandomSearch, Reinforce
-from agents.sb3 import SB3_ALGOS, make_sb3_agent
-from n2n_gym.runs import CONFIG_FILE, RunRecorder, write_json_atomic
+from agents import ALGOS, RandomSearch, Reinforce, agent_class
+from agents.sb3 import make_sb3_agent
+from n2n_gym.backends import BackendConfigError, make_backend
+from n2n_gym.envs.base import EPISODES_PER_UPDATE
+from n2n_gym.envs.vector import ThreadedVecEnv
+from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
+from n2n_gym.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RunRecorder,
+    write_best_weights,
+    write_json_atomic,
+)
 
-ALGOS = ("reinforce", *SB3_ALGOS, "random")
-CHECKPOINT = "checkpoints/agent.zip"
+STAGES = ("removal", "shrink", "final")
 
 
 @dataclass
@@ -54,8 +64,14 @@ class Args:
     """seed of the agent and the environments"""
     device: str = "auto"
     """device for distilling students: auto, cpu or cuda (agents' own networks run on the CPU)"""
-    n_envs: int = 1
-    """parallel environments; above 1 they run in subprocesses, evaluating students concurrently"""
+    n_envs: int | None = None
+    """parallel environments (default 1); above 1 without evaluation workers they run in
+    subprocesses; with workers the default keeps them all busy (reinforce: its m = 5 rollouts)"""
+    workers: int = 0
+    """evaluation worker processes on this machine; with --ray-address the number of Ray actors
+    (default: one per GPU, or one per CPU slot)"""
+    ray_address: str | None = None
+    """Ray cluster that evaluates students ("local" starts Ray here); default: $RAY_ADDRESS"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gymnasium.make keyword arguments"""
     out: str | None = None
@@ -66,6 +82,10 @@ class Args:
     """start from the agent of an earlier run (its directory or checkpoint): policy transfer"""
     checkpoint_every: int = 10
     """save the agent every this many evaluations"""
+    stages: tuple[str, ...] = ()
+    """pipeline stages run one after the other into --out (removal, shrink, final)"""
+    final: dict[str, Any] = field(default_factory=dict)
+    """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -78,7 +98,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--budget", type=int, default=defaults.budget)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--n-envs", "--workers", dest="n_envs", type=int, default=defaults.n_envs)
+    parser.add_argument("--n-envs", type=int, default=defaults.n_envs)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
     parser.add_argument(
         "--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments"
     )
@@ -86,23 +108,91 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-policy", default=None)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument(
+        "--start-from",
+        default=None,
+        help="shrink stage: a stage-1 run directory (or student JSON) to start from",
+    )
+    parser.add_argument(
+        "--stages",
+        default=None,
+        help=f"run several stages into --out, comma-separated from {','.join(STAGES)}",
+    )
+    parser.add_argument(
+        "--final-kwargs",
+        default="{}",
+        help="final stage: JSON of DistillConfig fields, e.g. '{\"epochs\": 5}'",
+    )
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="the whole pipeline: --stages removal,shrink,final",
+    )
     ns = parser.parse_args(argv)
-    try:
-        env_kwargs = json.loads(ns.env_kwargs)
-    except json.JSONDecodeError as error:
-        parser.error(
-            f'--env-kwargs is not valid JSON ({error}); example: \'{{"cache_path": "r.db"}}\''
-        )
-    if not isinstance(env_kwargs, dict):
-        parser.error('--env-kwargs must be a JSON object, e.g. \'{"fidelity": "medium"}\'')
+    stages = _parse_stages(parser, ns.stages, ns.pipeline)
+    env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
     for name in ("budget", "n_envs", "checkpoint_every"):
-        if getattr(ns, name) < 1:
+        if getattr(ns, name) is not None and getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if ns.workers < 0:
+        parser.error("--workers must be 0 (evaluate in the environments) or more")
+    if ns.ray_address and importlib.util.find_spec("ray") is None:
+        parser.error("--ray-address (or RAY_ADDRESS) needs Ray: pip install '.[ray]'")
     if ns.env not in gym.registry:
         known = ", ".join(sorted(i for i in gym.registry if i.startswith("N2N")))
         parser.error(f"--env {ns.env!r} is not registered; known: {known}")
-    values = {k: v for k, v in vars(ns).items() if k != "env_kwargs"}
-    return Args(**values, env_kwargs=env_kwargs)
+    if ns.start_from is not None:
+        if stages or not ns.env.startswith("N2NShrink"):
+            parser.error(
+                "--start-from continues a removal run with a shrink search: use it with "
+                "--env N2NShrink-v0 (a pipeline passes it between its stages by itself)"
+            )
+        env_kwargs["start_from"] = ns.start_from
+    final = _json_object(parser, "--final-kwargs", ns.final_kwargs)
+    try:
+        replace(FINAL_TRAINING, **final)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--final-kwargs: {error}")
+    skip = ("env_kwargs", "start_from", "stages", "pipeline", "final_kwargs")
+    values = {k: v for k, v in vars(ns).items() if k not in skip}
+    return Args(**values, env_kwargs=env_kwargs, stages=stages, final=final)
+
+
+def _json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        parser.error(f"{flag} is not valid JSON ({error}); it takes an object like '{{\"a\": 1}}'")
+    if not isinstance(value, dict):
+        parser.error(f"{flag} must be a JSON object, like '{{\"a\": 1}}'")
+    return value
+
+
+def _parse_stages(
+    parser: argparse.ArgumentParser, text: str | None, pipeline: bool
+) -> tuple[str, ...]:
+    if pipeline:
+        return STAGES
+    if not text:
+        return ()
+    stages = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        parser.error(f"--stages {text!r}: choose from {','.join(STAGES)}, e.g. removal,shrink")
+    if "final" in stages[:-1] or stages == ("final",):
+        parser.error("--stages: 'final' trains the last search's best student, so it comes last")
+    if len(set(stages)) != len(stages):
+        parser.error(f"--stages {text!r} names a stage twice")
+    return stages
+
+
+def stage_env(env_id: str, stage: str) -> str:
+    """The environment of a pipeline stage in the family of ``env_id`` (same teacher and data)."""
+    kind = {"removal": "Removal", "shrink": "Shrink"}[stage]
+    for family in ("Removal", "Shrink"):
+        if env_id.startswith(f"N2N{family}"):
+            return env_id.replace(f"N2N{family}", f"N2N{kind}", 1)
+    raise ValueError(f"--env {env_id!r} is not an N2N removal or shrink environment")
 
 
 class RecordEvaluations(VecEnvWrapper):
@@ -173,11 +263,13 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
     tb = str(run_dir / "tb")
     if args.algo == "random":
         return RandomSearch(venv, seed=args.seed + done)
-    cls = Reinforce if args.algo == "reinforce" else SB3_ALGOS[args.algo][0]
-    source = run_dir / CHECKPOINT if args.resume and (run_dir / CHECKPOINT).exists() else None
+    cls = agent_class(args.algo)
+    source = (
+        run_dir / CHECKPOINT_FILE if args.resume and (run_dir / CHECKPOINT_FILE).exists() else None
+    )
     if source is None and args.init_policy:
         source = Path(args.init_policy)
-        source = source / CHECKPOINT if source.is_dir() else source
+        source = source / CHECKPOINT_FILE if source.is_dir() else source
         if not source.exists():
             raise SystemExit(f"--init-policy {args.init_policy}: no agent checkpoint at {source}")
     if source is not None:
@@ -194,10 +286,48 @@ def _make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return Monitor(gym.make(f"n2n_gym:{env_id}", **env_kwargs))
 
 
+def make_vec_env(args: Args, env_kwargs: dict[str, Any]) -> VecEnv:
+    """The search's environments, and where they evaluate students; fills in ``args.n_envs``.
+
+    Without --workers / --ray-address every environment evaluates in its own process (several:
+    SubprocVecEnv). With them, one back-end is shared by environments that step in threads, so the
+    episodes that end together have their students evaluated concurrently on the workers.
+    """
+    if not args.workers and not args.ray_address:
+        args.n_envs = args.n_envs or 1
+        vec_cls = SubprocVecEnv if args.n_envs > 1 else DummyVecEnv
+        return vec_cls([partial(_make_env, args.env, env_kwargs) for _ in range(args.n_envs)])
+    probe = gym.make(args.env, **env_kwargs)
+    recipe = probe.unwrapped.evaluator_recipe()
+    probe.close()
+    try:
+        backend = make_backend(
+            recipe,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            cache=recipe.open_cache(env_kwargs.get("cache_path")),
+        )
+    except BackendConfigError as error:
+        raise SystemExit(f"cannot start the evaluation workers: {error}") from None
+    if args.n_envs is None:
+        # REINFORCE's m rollouts end on the same step; SB3 agents get one environment per worker.
+        args.n_envs = EPISODES_PER_UPDATE if args.algo == "reinforce" else backend.num_workers
+    shared = {**env_kwargs, "evaluator": backend}
+    env_fns = [partial(_make_env, args.env, shared) for _ in range(args.n_envs)]
+    return ThreadedVecEnv(env_fns, on_close=backend.close)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
+    if args.stages:
+        return run_pipeline(args, console)
+    return run_search(args, console)
+
+
+def run_search(args: Args, console: Console) -> int:
+    """One search on ``args.env``; returns the exit status."""
     run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
     if (run_dir / CONFIG_FILE).exists() and not args.resume:
         console.print(
@@ -223,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{run_dir} already spent its budget of {args.budget} evaluations")
         _print_summary(console, recorder.write_summary(env=args.env), run_dir)
         return 0
-    vec_cls = SubprocVecEnv if args.n_envs > 1 else DummyVecEnv
-    venv = vec_cls([partial(_make_env, args.env, env_kwargs) for _ in range(args.n_envs)])
+    venv = make_vec_env(args, env_kwargs)
     venv.seed(args.seed + recorder.evaluations)
     bar = tqdm(
         total=args.budget,
@@ -235,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     venv = RecordEvaluations(venv, recorder, bar, run_dir / "tb")
     agent = make_agent(args, venv, run_dir, episode_length, recorder.evaluations)
     callback = BudgetAndCheckpoints(
-        recorder, args.budget, args.checkpoint_every, run_dir / CHECKPOINT
+        recorder, args.budget, args.checkpoint_every, run_dir / CHECKPOINT_FILE
     )
     # Enough steps for the budget even if some episodes stop early; the callback stops at the budget.
     total_steps = (
@@ -258,7 +387,48 @@ def main(argv: list[str] | None = None) -> int:
         env=args.env, wall_time=time.perf_counter() - start, interrupted=interrupted
     )
     _print_summary(console, summary, run_dir)
+    _save_best_weights(run_dir, args.env, env_kwargs, console)
     return 130 if interrupted else 0
+
+
+def _save_best_weights(
+    run_dir: Path, env_id: str, env_kwargs: dict[str, Any], console: Console
+) -> None:
+    # A fresh in-process evaluator re-creates the best student's trained network (seeded).
+    evaluator = gym.make(env_id, **env_kwargs).unwrapped.evaluator
+    with console.status("saving the best student's weights"):
+        path = write_best_weights(run_dir, evaluator)
+    if path is not None:
+        console.print(f"best student saved to {path} (load with n2n_gym.students.load_student)")
+
+
+def run_pipeline(args: Args, console: Console) -> int:
+    """Removal, then shrinkage of its best student, then final training and the test report."""
+    out = Path(args.out or f"runs/pipeline-{args.algo}-{args.seed}")
+    previous: Path | None = None
+    for number, stage in enumerate(args.stages, 1):
+        if stage == "final":
+            if previous is None:
+                console.print("[red]--stages final needs a search stage before it[/]")
+                return 2
+            console.rule(f"stage {number}: final training of the best student")
+            config = replace(FINAL_TRAINING, **args.final)
+            report, path = finish_run(previous, config=config, device=args.device, out_dir=out)
+            console.print(report_table(report, path))
+            continue
+        env_id = stage_env(args.env, stage)
+        env_kwargs = dict(args.env_kwargs)
+        if stage == "shrink" and previous is not None:
+            env_kwargs["start_from"] = str(previous)
+        console.rule(f"stage {number}: {stage} search on {env_id}")
+        stage_args = replace(
+            args, env=env_id, env_kwargs=env_kwargs, out=str(out / f"{number}-{stage}"), stages=()
+        )
+        status = run_search(stage_args, console)
+        if status != 0:
+            return status
+        previous = Path(stage_args.out)
+    return 0
 
 
 def _fmt(value: float | None, pattern: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -19,15 +18,10 @@ import numpy as np
 from gymnasium import spaces
 
 from n2n_gym.arch import DESCRIPTOR_SIZE, StudentDescription, unit_descriptors
-from n2n_gym.data import DATASETS, load_dataset
+from n2n_gym.backends import EvaluatorRecipe
+from n2n_gym.data import DATASETS
 from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
-from n2n_gym.evaluation import (
-    DistillationEvaluator,
-    EvalResult,
-    Evaluator,
-    ProxyEvaluator,
-    RewardCache,
-)
+from n2n_gym.evaluation import EvalResult, Evaluator, ProxyEvaluator
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import Teacher, load_teacher
 
@@ -106,6 +100,9 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             teacher, dataset=dataset, arch=teacher_arch, allow_pickle=allow_pickle, device="cpu"
         )
         self.dataset, self.data_dir, self.device = dataset, data_dir, device
+        # What a worker needs to load the same teacher (see evaluator_recipe).
+        self.teacher_source, self.teacher_arch = teacher, teacher_arch
+        self.allow_pickle = allow_pickle
         self.distill_config = self._distill_config(fidelity)
         self.reward_config: RewardConfig = _dataclass_from(RewardConfig, constraints, "constraints")
         self.cache_path, self.inherit_weights = cache_path, inherit_weights
@@ -173,29 +170,40 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             return FIDELITY_PRESETS[fidelity]
         return _dataclass_from(DistillConfig, fidelity, "fidelity")
 
+    def evaluator_recipe(self) -> EvaluatorRecipe:
+        """The arguments that determine this environment's evaluator, to build it in a worker.
+
+        Raises:
+            EnvConfigError: the environment was given an evaluator object, not ``"distill"`` or
+                ``"proxy"``.
+        """
+        if self._evaluator_kind == "custom":
+            raise EnvConfigError(
+                "this environment was given an evaluator object; a recipe exists only for "
+                "evaluator='distill' or 'proxy'"
+            )
+        return EvaluatorRecipe(
+            teacher=self.teacher_source,
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            teacher_arch=self.teacher_arch,
+            allow_pickle=self.allow_pickle,
+            kind=self._evaluator_kind,
+            distill_config=self.distill_config,
+            reward_config=self.reward_config,
+            device=self.device,
+            inherit_weights=self.inherit_weights,
+            val_size=self.val_size,
+            eval_seed=self.eval_seed,
+            teacher_fingerprint=self.teacher.fingerprint,
+        )
+
     @property
     def evaluator(self) -> Evaluator:
         """The evaluator, built on first use (loads data and computes teacher logits)."""
         if self._evaluator is None:
-            if self._evaluator_kind == "proxy":
-                self._evaluator = ProxyEvaluator(
-                    self.teacher.spec,
-                    teacher_accuracy=self.teacher.val_accuracy or 0.99,
-                    reward_config=self.reward_config,
-                )
-            else:
-                # Split seed 0 is the split teacher training holds out, so validation stays unseen.
-                data = load_dataset(self.dataset, self.data_dir, val_size=self.val_size, seed=0)
-                self._evaluator = DistillationEvaluator(
-                    self.teacher,
-                    data,
-                    self.distill_config,
-                    self.reward_config,
-                    device=self.device,
-                    inherit_weights=self.inherit_weights,
-                    cache=RewardCache(Path(self.cache_path)) if self.cache_path else None,
-                    seed=self.eval_seed,
-                )
+            recipe = self.evaluator_recipe()
+            self._evaluator = recipe.build(self.teacher, recipe.open_cache(self.cache_path))
         return self._evaluator
 
     def __getstate__(self) -> dict[str, Any]:

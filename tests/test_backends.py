@@ -1,0 +1,277 @@
+"""Evaluation back-ends: same rewards as in-process, cache hits in the driver, dead workers, Ray, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import train_agent
+from n2n_gym.arch import StudentDescription
+from n2n_gym.backends import (
+    BackendConfigError,
+    EvaluatorRecipe,
+    ProcessPoolBackend,
+    RayBackend,
+)
+from n2n_gym.data import DataError
+from n2n_gym.distill import DistillConfig
+from n2n_gym.envs.vector import ThreadedVecEnv
+from n2n_gym.evaluation import EvalResult, Evaluator, ProxyEvaluator, RewardCache
+from n2n_gym.runs import read_evaluations
+from n2n_gym.teachers import small_vgg
+
+SPEC = small_vgg()
+# 16 optimiser steps per student: well above chance (0.1) in a fraction of a second.
+FIDELITY = {"transfer_size": 512, "batch_size": 32, "lr": 2e-3, "eval_size": 500}
+RECIPE = EvaluatorRecipe(distill_config=DistillConfig(**FIDELITY), device="cpu", val_size=500)
+PROXY = replace(RECIPE, kind="proxy")
+STUDENTS = [
+    StudentDescription(SPEC, ratios)
+    for ratios in (
+        (1, 0, 1, 0, 1, 0, 1, 1, 1),
+        (1, 0, 0, 0, 1, 0, 1, 1, 1),
+        (1, 1, 1, 1, 1, 1, 0, 1, 1),
+        (1, 1, 0, 1, 1, 0, 1, 1, 1),
+    )
+]
+# Workers distil on one torch thread each; CPU results can depend on the thread count, so the
+# in-process reference uses one thread too and the comparison is exact.
+THREADS = 1
+
+
+def measured(result: EvalResult) -> tuple:
+    return result.accuracy, result.params, result.flops, result.reward, result.error_type
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, EvalResult]:
+    """In-process results of STUDENTS with the workers' thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        evaluator = RECIPE.build()
+        return {s.key: evaluator.evaluate(s) for s in STUDENTS}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same_as_reference(results: list[EvalResult], reference: dict[str, EvalResult]):
+    assert [r.student_key for r in results] == [s.key for s in STUDENTS]
+    for result in results:
+        assert result.ok, result.error
+        assert measured(result) == measured(reference[result.student_key])
+    assert max(r.accuracy for r in results) > 0.3  # chance is 0.1
+
+
+def kill_a_worker_mid_evaluation(backend) -> tuple[list[EvalResult], int]:
+    """Evaluate STUDENTS in a thread and SIGKILL a worker as soon as work is handed out."""
+    results: list[EvalResult] = []
+    search = threading.Thread(target=lambda: results.extend(backend.evaluate_many(STUDENTS)))
+    search.start()
+    deadline = time.monotonic() + 60
+    while backend.in_flight == 0 and search.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert backend.in_flight > 0, "no evaluation reached a worker"
+    victim = backend.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    search.join(timeout=120)
+    assert not search.is_alive()
+    return results, victim
+
+
+# ---- the local process pool ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolBackend(RECIPE, 2, threads=THREADS) as backend:
+        yield backend
+
+
+@pytest.mark.expensive
+def test_pool_gives_the_same_rewards_as_in_process(pool, reference):
+    assert isinstance(pool, Evaluator)
+    results = pool.evaluate_many(STUDENTS)
+    assert_same_as_reference(results, reference)
+    assert len(pool.worker_pids()) == 2 and pool.remote_measurements == len(STUDENTS)
+    assert pool.teacher_accuracy > 0.95 and pool.teacher_spec == SPEC
+
+
+@pytest.mark.expensive
+def test_killing_a_pool_worker_mid_search_retries_its_students(pool, reference):
+    replaced = pool.workers_replaced
+    results, victim = kill_a_worker_mid_evaluation(pool)
+    # The broken pool was replaced and every interrupted student retried: nothing lost.
+    assert_same_as_reference(results, reference)
+    assert pool.workers_replaced == replaced + 1 and victim not in pool.worker_pids()
+    assert pool.evaluate(STUDENTS[0]).ok  # and the search goes on
+
+
+def test_cache_hits_and_repeated_students_stay_in_the_driver(tmp_path):
+    cache = RewardCache(tmp_path / "rewards.sqlite")
+    backend = ProcessPoolBackend(PROXY, 1, cache=cache)
+    first = backend.evaluate(STUDENTS[0])
+    again = backend.evaluate(STUDENTS[0])
+    assert not first.cache_hit and again.cache_hit and again.reward == first.reward
+    assert backend.remote_measurements == 1
+    # the same student proposed three times at once is measured once
+    batch = backend.evaluate_many([STUDENTS[1]] * 3)
+    assert backend.remote_measurements == 2 and sum(r.cache_hit for r in batch) == 2
+    assert len({r.reward for r in batch}) == 1
+    backend.close()  # no workers left: hits are still answered, anything else is refused
+    assert backend.evaluate(STUDENTS[0]).cache_hit
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.evaluate(STUDENTS[2])
+
+
+@pytest.mark.expensive
+def test_without_retries_a_dead_worker_gives_error_results_and_the_search_goes_on(
+    pool, reference, monkeypatch
+):
+    monkeypatch.setattr(pool, "retries", 0)
+    replaced = pool.workers_replaced
+    results, _ = kill_a_worker_mid_evaluation(pool)
+    died = [r for r in results if r.error_type == "WorkerDied"]
+    assert died  # at least the student the worker was distilling
+    for result in died:
+        assert result.reward == -1.0 and not result.cache_hit and result.params is not None
+    for result in results:
+        assert result in died or measured(result) == measured(reference[result.student_key])
+    assert pool.workers_replaced == replaced + 1
+    assert measured(pool.evaluate(STUDENTS[0])) == measured(reference[STUDENTS[0].key])
+
+
+def test_a_worker_that_cannot_build_its_evaluator_says_why(tmp_path):
+    recipe = replace(RECIPE, data_dir=str(tmp_path / "nowhere"))
+    with ProcessPoolBackend(recipe, 1) as backend:
+        # the worker's own error, with its message, not a bare "process pool is broken"
+        with pytest.raises(DataError, match=r"nowhere.*does not exist"):
+            backend.start()
+        assert backend.workers_replaced == 0
+
+
+# ---- threads that step environments -------------------------------------------------------------
+
+
+class SlowEvaluator:
+    """The proxy, taking 0.2 s per student and counting how many evaluations overlap."""
+
+    def __init__(self) -> None:
+        self.proxy = ProxyEvaluator(SPEC)
+        self.teacher_spec, self.teacher_accuracy = SPEC, self.proxy.teacher_accuracy
+        self.teacher_params, self.teacher_flops = SPEC.params, SPEC.flops
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def evaluate(self, student, progress=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.2)
+        with self.lock:
+            self.running -= 1
+        return self.proxy.evaluate(student, progress)
+
+    def evaluate_many(self, students, progress=None):
+        return [self.evaluate(s, progress) for s in students]
+
+
+def play_one_episode(vec_cls, evaluator: SlowEvaluator, n_envs: int = 3):
+    make = lambda: gym.make("N2NRemoval-v0", evaluator=evaluator)  # noqa: E731
+    venv = vec_cls([make] * n_envs)
+    venv.seed(0)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    while True:
+        masks = np.stack(venv.env_method("action_masks"))
+        actions = [int(rng.choice(np.flatnonzero(mask))) for mask in masks]
+        _, rewards, dones, infos = venv.step(np.array(actions))
+        if dones.all():
+            venv.close()
+            return rewards, [info["student_key"] for info in infos]
+
+
+def test_threaded_vec_env_evaluates_the_batch_concurrently_with_the_same_results():
+    threaded, serial = SlowEvaluator(), SlowEvaluator()
+    rewards, students = play_one_episode(ThreadedVecEnv, threaded)
+    assert threaded.most == 3  # all three terminal evaluations overlapped
+    expected_rewards, expected_students = play_one_episode(DummyVecEnv, serial)
+    assert serial.most == 1
+    assert students == expected_students and rewards.tolist() == expected_rewards.tolist()
+
+
+# ---- Ray ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_backend(ray_session):
+    with RayBackend(RECIPE) as backend:  # one actor per CPU slot
+        yield backend
+
+
+def test_ray_refuses_gpus_and_workers_the_cluster_does_not_have(ray_session):
+    with pytest.raises(BackendConfigError, match=r"--device cuda.*0 GPUs.*--device cpu"):
+        RayBackend(replace(RECIPE, device="cuda"))
+    with pytest.raises(BackendConfigError, match="--workers 2"):
+        RayBackend(RECIPE, workers=3)
+
+
+@pytest.mark.expensive
+def test_ray_gives_the_same_rewards_as_in_process(ray_backend, reference):
+    assert ray_backend.num_workers == 2
+    assert_same_as_reference(ray_backend.evaluate_many(STUDENTS), reference)
+
+
+@pytest.mark.expensive
+def test_killing_a_ray_actor_mid_search_retries_its_students(ray_backend, reference):
+    results, victim = kill_a_worker_mid_evaluation(ray_backend)
+    assert_same_as_reference(results, reference)
+    assert ray_backend.workers_replaced == 1 and victim not in ray_backend.worker_pids()
+    assert ray_backend.num_workers == 2
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def test_workers_are_separate_from_environments(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = train_agent.parse_args(["--workers", "2"])
+    assert (args.workers, args.n_envs, args.ray_address) == (2, None, None)
+    assert train_agent.parse_args(["--n-envs", "3", "--workers", "2"]).n_envs == 3
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert train_agent.parse_args([]).ray_address == "10.0.0.1:6379"
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(["--workers", "-1"])
+
+
+@pytest.mark.expensive
+def test_train_agent_with_two_workers_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "run"
+    env_kwargs = json.dumps({"fidelity": FIDELITY, "val_size": 500, "device": "cpu"})
+    argv = ["--algo", "reinforce", "--budget", "5", "--workers", "2", "--out", str(out)]
+    assert train_agent.main([*argv, "--env-kwargs", env_kwargs]) == 0
+    records = read_evaluations(out)
+    # one REINFORCE batch: five environments, evaluated together on the two workers
+    assert [r["evaluation"] for r in records] == list(range(1, 6))
+    assert all(r["error"] is None for r in records)
+    assert max(r["accuracy"] for r in records) > 0.3
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 5
