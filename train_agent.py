@@ -347,13 +347,14 @@ def run_search(args: Args, console: Console) -> int:
         return 2
     episode_length = probe.unwrapped.num_steps
     probe.close()
-    write_json_atomic(run_dir / CONFIG_FILE, asdict(args))
     recorder = RunRecorder(run_dir, args.algo, args.seed)
     if recorder.evaluations >= args.budget:
         console.print(f"{run_dir} already spent its budget of {args.budget} evaluations")
         _print_summary(console, recorder.write_summary(env=args.env), run_dir)
         return 0
     venv = make_vec_env(args, env_kwargs)
+    # Written once the workers are up (a failed start leaves no run behind) and n_envs is known.
+    write_json_atomic(run_dir / CONFIG_FILE, asdict(args))
     venv.seed(args.seed + recorder.evaluations)
     bar = tqdm(
         total=args.budget,

@@ -42,18 +42,18 @@ from typing import Any, Literal
 import torch
 
 from n2n_gym.arch import NetworkSpec, StudentDescription, StudentPlan
-from n2n_gym.data import load_dataset
+from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import DistillConfig
 from n2n_gym.evaluation import (
     EXPECTED_ERRORS,
+    BaseEvaluator,
     DistillationEvaluator,
     EvalResult,
+    Measurement,
     ProxyEvaluator,
     RewardCache,
-    _BaseEvaluator,
-    _digest,
-    _error_measurement,
-    _Measurement,
+    error_measurement,
+    json_digest,
 )
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import Teacher, load_teacher
@@ -152,6 +152,11 @@ class EvaluatorRecipe:
             )
         return teacher
 
+    def load_data(self) -> DatasetSplits:
+        """The data set students are trained and validated on."""
+        # Split seed 0 is the split teacher training holds out, so validation stays unseen.
+        return load_dataset(self.dataset, self.data_dir, val_size=self.val_size, seed=0)
+
     def build(self, teacher: Teacher | None = None, cache: RewardCache | None = None) -> Any:
         """The evaluator this recipe describes.
 
@@ -170,11 +175,9 @@ class EvaluatorRecipe:
                 reward_config=self.reward_config,
                 cache=cache,
             )
-        # Split seed 0 is the split teacher training holds out, so validation stays unseen.
-        data = load_dataset(self.dataset, self.data_dir, val_size=self.val_size, seed=0)
         return DistillationEvaluator(
             teacher,
-            data,
+            self.load_data(),
             self.distill_config,
             self.reward_config,
             device=self.device,
@@ -210,7 +213,7 @@ class _WorkerFacts:
 class _Reply:
     """One measurement, or the expected error it raised, and who measured it."""
 
-    measurement: _Measurement | None
+    measurement: Measurement | None
     error: BaseException | None
     context_digest: str
     host: str
@@ -229,10 +232,10 @@ class _Worker:
             torch.set_num_threads(threads)
         self._evaluator: Any = None
         self._error: Exception | None = None
-        self._digest = ""
+        self.json_digest = ""
         try:
             self._evaluator = recipe.build()
-            self._digest = _digest(self._evaluator._cache_context())
+            self.json_digest = json_digest(self._evaluator._cache_context())
         except Exception as error:
             self._error = error
 
@@ -247,7 +250,7 @@ class _Worker:
             teacher_spec=evaluator.teacher_spec,
             teacher_accuracy=evaluator.teacher_accuracy,
             cache_context=evaluator._cache_context(),
-            context_digest=self._digest,
+            context_digest=self.json_digest,
             host=socket.gethostname(),
             pid=os.getpid(),
         )
@@ -260,7 +263,7 @@ class _Worker:
         except EXPECTED_ERRORS as expected:
             # Returned, not raised: the driver decides what to cache, exactly as in-process.
             error = expected
-        return _Reply(measurement, error, self._digest, socket.gethostname(), os.getpid())
+        return _Reply(measurement, error, self.json_digest, socket.gethostname(), os.getpid())
 
     def pid(self) -> int:
         return os.getpid()
@@ -293,7 +296,7 @@ def _pool_call(method: str, *args: Any) -> Any:
 # ---- the driver side ----------------------------------------------------------------------------
 
 
-class EvaluatorBackend(_BaseEvaluator):
+class EvaluatorBackend(BaseEvaluator):
     """An evaluator whose measurements run on long-lived workers; the base of the back-ends.
 
     The driver keeps the evaluation template of :class:`~n2n_gym.evaluation.DistillationEvaluator`
@@ -326,7 +329,7 @@ class EvaluatorBackend(_BaseEvaluator):
         self._facts: _WorkerFacts | None = None
         self._facts_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._in_flight: dict[str, Future[_Measurement]] = {}
+        self._in_flight: dict[str, Future[Measurement]] = {}
         self._running = 0
         self._local = threading.local()
         self._closed = False
@@ -414,7 +417,7 @@ class EvaluatorBackend(_BaseEvaluator):
 
         Safe to call from several threads at once: that is how evaluations run concurrently.
         Arguments, results and errors are those of
-        :meth:`DistillationEvaluator.evaluate <n2n_gym.evaluation._BaseEvaluator.evaluate>`;
+        :meth:`DistillationEvaluator.evaluate <n2n_gym.evaluation.BaseEvaluator.evaluate>`;
         a student whose workers died gives an error result with ``error_type="WorkerDied"``.
         """
         self._local.shared, self._local.owned = False, None
@@ -423,7 +426,7 @@ class EvaluatorBackend(_BaseEvaluator):
             result = super().evaluate(student, progress)
         except WorkerDied as error:
             logger.warning("student %s: %s", student.key, error)
-            measurement = _error_measurement(error, student.plan())
+            measurement = error_measurement(error, student.plan())
             return self._result(student, measurement, progress, start, cache_hit=False)
         finally:
             # Only now is the measurement in the cache: until then, requests for the same student
@@ -447,12 +450,12 @@ class EvaluatorBackend(_BaseEvaluator):
         with ThreadPoolExecutor(threads, thread_name_prefix="evaluate") as pool:
             return list(pool.map(lambda s: self.evaluate(s, progress), students))
 
-    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+    def _measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
         key = self._cache_key(plan)
         with self._lock:
             shared = self._in_flight.get(key)
             if shared is None:
-                mine: Future[_Measurement] = Future()
+                mine: Future[Measurement] = Future()
                 self._in_flight[key] = mine
                 self._local.owned = key
         if shared is not None:
@@ -466,7 +469,7 @@ class EvaluatorBackend(_BaseEvaluator):
         mine.set_result(measurement)
         return measurement
 
-    def _measure_on_worker(self, student: StudentDescription) -> _Measurement:
+    def _measure_on_worker(self, student: StudentDescription) -> Measurement:
         expected = self._worker_facts().context_digest
         with self._lock:
             self.remote_measurements += 1

@@ -9,7 +9,7 @@ accuracy, size, reward and what went wrong, if anything. The environments only e
 - :class:`ProxyEvaluator` computes a deterministic accuracy from the architecture alone, for tests
   and for debugging agents in milliseconds.
 
-Both share the template in :class:`_BaseEvaluator`: expected failures (an invalid architecture,
+Both share the template in :class:`BaseEvaluator`: expected failures (an invalid architecture,
 diverged distillation, CUDA out of memory) become a result with ``reward_on_error`` and
 ``error``/``error_type`` set instead of an exception, and measurements go through an optional
 persistent :class:`RewardCache` shared by processes.
@@ -59,11 +59,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPECTED_ERRORS",
+    "BaseEvaluator",
     "DistillationEvaluator",
     "EvalResult",
     "Evaluator",
+    "Measurement",
     "ProxyEvaluator",
     "RewardCache",
+    "error_measurement",
+    "json_digest",
     "resolve_device",
 ]
 
@@ -248,7 +252,8 @@ class RewardCache:
         return f"RewardCache({self.path!r})"
 
 
-def _digest(data: Any) -> str:
+def json_digest(data: Any) -> str:
+    """A stable SHA-256 of JSON-able ``data`` (key order does not matter)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -256,7 +261,7 @@ def _digest(data: Any) -> str:
 
 
 @dataclass(frozen=True)
-class _Measurement:
+class Measurement:
     """What the expensive part found out about a student; what the cache stores."""
 
     accuracy: float | None
@@ -266,7 +271,7 @@ class _Measurement:
     error_type: str | None = None
 
 
-class _BaseEvaluator:
+class BaseEvaluator:
     """The evaluation template: plan, cache look-up, measure, reward; expected errors as results.
 
     Subclasses provide the teacher facts, :meth:`_measure` and :meth:`_cache_context` (everything
@@ -292,7 +297,7 @@ class _BaseEvaluator:
     def teacher_flops(self) -> int:
         return self.teacher_spec.flops
 
-    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+    def _measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
         raise NotImplementedError
 
     def _cache_context(self) -> dict[str, Any]:
@@ -321,16 +326,16 @@ class _BaseEvaluator:
         try:
             plan = student.plan()
         except InvalidArchitecture as error:
-            measurement = _error_measurement(error, None)
+            measurement = error_measurement(error, None)
             return self._result(student, measurement, progress, start, cache_hit=False)
         key = self._cache_key(plan) if self.cache is not None else None
         if key is not None and (stored := self.cache.get(key)) is not None:
-            return self._result(student, _Measurement(**stored), progress, start, cache_hit=True)
+            return self._result(student, Measurement(**stored), progress, start, cache_hit=True)
         try:
             measurement = self._measure(plan, student)
         except EXPECTED_ERRORS as error:
             logger.info("student %s failed: %s: %s", student.key, type(error).__name__, error)
-            measurement = _error_measurement(error, plan)
+            measurement = error_measurement(error, plan)
             if isinstance(error, _TRANSIENT_ERRORS):
                 return self._result(student, measurement, progress, start, cache_hit=False)
         if key is not None:
@@ -356,12 +361,12 @@ class _BaseEvaluator:
             "origins": list(plan.origins),
             "kept": list(plan.kept_widths),
         }
-        return _digest({"format": _CACHE_FORMAT, "student": student, **self._cache_context()})
+        return json_digest({"format": _CACHE_FORMAT, "student": student, **self._cache_context()})
 
     def _result(
         self,
         student: StudentDescription,
-        measurement: _Measurement,
+        measurement: Measurement,
         progress: int | None,
         start: float,
         *,
@@ -394,8 +399,9 @@ class _BaseEvaluator:
         )
 
 
-def _error_measurement(error: BaseException, plan: StudentPlan | None) -> _Measurement:
-    return _Measurement(
+def error_measurement(error: BaseException, plan: StudentPlan | None) -> Measurement:
+    """The measurement of a student that failed with ``error`` (sizes known once it has a plan)."""
+    return Measurement(
         accuracy=None,
         params=plan.spec.params if plan else None,
         flops=plan.spec.flops if plan else None,
@@ -407,7 +413,7 @@ def _error_measurement(error: BaseException, plan: StudentPlan | None) -> _Measu
 # ---- the real thing -----------------------------------------------------------------------------
 
 
-class DistillationEvaluator(_BaseEvaluator):
+class DistillationEvaluator(BaseEvaluator):
     """Scores students by distilling them from the teacher and measuring validation accuracy.
 
     The teacher's accuracy is measured here, on the same validation images and device as the
@@ -559,9 +565,9 @@ class DistillationEvaluator(_BaseEvaluator):
         )
         return plan, module, measured
 
-    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+    def _measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
         _, _, measured = self.train(student)
-        return _Measurement(accuracy=measured, params=plan.spec.params, flops=plan.spec.flops)
+        return Measurement(accuracy=measured, params=plan.spec.params, flops=plan.spec.flops)
 
     def _cache_context(self) -> dict[str, Any]:
         return {
@@ -590,7 +596,7 @@ class DistillationEvaluator(_BaseEvaluator):
 # ---- the cheap stand-in -------------------------------------------------------------------------
 
 
-class ProxyEvaluator(_BaseEvaluator):
+class ProxyEvaluator(BaseEvaluator):
     """A stand-in for :class:`DistillationEvaluator` that needs no data and trains nothing.
 
     The accuracy is a smooth, deterministic function of the student's architecture: with ``p``,
@@ -634,7 +640,7 @@ class ProxyEvaluator(_BaseEvaluator):
     def teacher_accuracy(self) -> float:
         return self._teacher_accuracy
 
-    def _measure(self, plan: StudentPlan, student: StudentDescription) -> _Measurement:
+    def _measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
         spec = plan.spec
         kept_params = spec.params / self.teacher_params
         kept_flops = spec.flops / self.teacher_flops
@@ -643,7 +649,7 @@ class ProxyEvaluator(_BaseEvaluator):
         chance = 1.0 / spec.num_classes
         quality = -math.expm1(-self._SHARPNESS * capacity) / -math.expm1(-self._SHARPNESS)
         value = chance + (self.teacher_accuracy - chance) * min(quality, 1.0)
-        return _Measurement(accuracy=value, params=spec.params, flops=spec.flops)
+        return Measurement(accuracy=value, params=spec.params, flops=spec.flops)
 
     def _cache_context(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from n2n_gym.arch import StudentDescription
 from n2n_gym.atomic import write_json_atomic
-from n2n_gym.data import DatasetSplits, load_dataset
+from n2n_gym.data import DatasetSplits
 from n2n_gym.distill import (
     DistillConfig,
     TeacherTargets,
@@ -302,8 +302,7 @@ def finish_run(
     # The proxy evaluator: only the teacher and the data settings are needed, not rewards.
     env = gym.make(settings["env"], **{**settings.get("env_kwargs", {}), "evaluator": "proxy"})
     base = env.unwrapped
-    # Split seed 0 is the split teacher training holds out, as during the search.
-    data = load_dataset(base.dataset, base.data_dir, val_size=base.val_size, seed=0)
+    data = base.evaluator_recipe().load_data()
     trained = train_final(
         base.teacher,
         data,
