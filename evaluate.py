@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -115,23 +116,30 @@ def finish(args: argparse.Namespace, console: Console) -> int:
         hard_label_weight=args.hard_label_weight,
         transfer_size=args.transfer_size,
     )
-    with tqdm(total=config.epochs, desc="final training", unit="epoch") as bar:
+    finish_with_progress(
+        run_dir,
+        console,
+        student=student,
+        config=config,
+        device=args.device,
+        out_dir=args.out,
+        latency_batch=args.latency_batch,
+    )
+    return 0
+
+
+def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
+    """:func:`~n2n_gym.finalize.finish_run` with a progress bar over epochs; prints the report."""
+    epochs = kwargs.get("config", FINAL_TRAINING).epochs
+    with tqdm(total=epochs, desc="final training", unit="epoch") as bar:
 
         def on_epoch(entry: dict[str, float]) -> None:
             bar.update(1)
             bar.set_postfix(val=f"{entry['val_accuracy']:.4f}", loss=f"{entry['loss']:.4g}")
 
-        report, path = finish_run(
-            run_dir,
-            student=student,
-            config=config,
-            device=args.device,
-            out_dir=args.out,
-            latency_batch=args.latency_batch,
-            on_epoch=on_epoch,
-        )
+        report, path = finish_run(run_dir, on_epoch=on_epoch, **kwargs)
     console.print(report_table(report, path))
-    return 0
+    return path
 
 
 def compare(args: argparse.Namespace, console: Console) -> int:

@@ -37,10 +37,11 @@ from tqdm import tqdm
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, RandomSearch, Reinforce, agent_class
 from agents.sb3 import make_sb3_agent
+from evaluate import finish_with_progress
 from n2n_gym.backends import BackendConfigError, make_backend
 from n2n_gym.envs.base import EPISODES_PER_UPDATE
 from n2n_gym.envs.vector import ThreadedVecEnv
-from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
+from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -414,8 +415,7 @@ def run_pipeline(args: Args, console: Console) -> int:
                 return 2
             console.rule(f"stage {number}: final training of the best student")
             config = replace(FINAL_TRAINING, **args.final)
-            report, path = finish_run(previous, config=config, device=args.device, out_dir=out)
-            console.print(report_table(report, path))
+            finish_with_progress(previous, console, config=config, device=args.device, out_dir=out)
             continue
         env_id = stage_env(args.env, stage)
         env_kwargs = dict(args.env_kwargs)
