@@ -85,6 +85,8 @@ class Args:
     """save the agent every this many evaluations"""
     stages: tuple[str, ...] = ()
     """pipeline stages run one after the other into --out (removal, shrink, final)"""
+    shrink_kwargs: dict[str, Any] = field(default_factory=dict)
+    """pipeline's shrink stage: gymnasium.make arguments that override --env-kwargs there"""
     final: dict[str, Any] = field(default_factory=dict)
     """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
 
@@ -118,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
         "--stages",
         default=None,
         help=f"run several stages into --out, comma-separated from {','.join(STAGES)}",
+    )
+    parser.add_argument(
+        "--shrink-kwargs",
+        default="{}",
+        help="shrink stage: JSON of gymnasium.make arguments over --env-kwargs, e.g. "
+        '\'{"constraints": {"max_params": 12000}}\'',
     )
     parser.add_argument(
         "--final-kwargs",
@@ -154,9 +162,17 @@ def parse_args(argv: list[str] | None = None) -> Args:
         replace(FINAL_TRAINING, **final)
     except (TypeError, ValueError) as error:
         parser.error(f"--final-kwargs: {error}")
-    skip = ("env_kwargs", "start_from", "stages", "pipeline", "final_kwargs")
+    shrink_kwargs = _json_object(parser, "--shrink-kwargs", ns.shrink_kwargs)
+    if shrink_kwargs and "shrink" not in stages:
+        parser.error(
+            "--shrink-kwargs applies to a pipeline's shrink stage: add --pipeline (or --stages "
+            "removal,shrink)"
+        )
+    skip = ("env_kwargs", "start_from", "stages", "pipeline", "final_kwargs", "shrink_kwargs")
     values = {k: v for k, v in vars(ns).items() if k not in skip}
-    return Args(**values, env_kwargs=env_kwargs, stages=stages, final=final)
+    return Args(
+        **values, env_kwargs=env_kwargs, stages=stages, shrink_kwargs=shrink_kwargs, final=final
+    )
 
 
 def _json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[str, Any]:
@@ -419,8 +435,10 @@ def run_pipeline(args: Args, console: Console) -> int:
             continue
         env_id = stage_env(args.env, stage)
         env_kwargs = dict(args.env_kwargs)
-        if stage == "shrink" and previous is not None:
-            env_kwargs["start_from"] = str(previous)
+        if stage == "shrink":
+            env_kwargs.update(args.shrink_kwargs)
+            if previous is not None:
+                env_kwargs["start_from"] = str(previous)
         console.rule(f"stage {number}: {stage} search on {env_id}")
         stage_args = replace(
             args, env=env_id, env_kwargs=env_kwargs, out=str(out / f"{number}-{stage}"), stages=()

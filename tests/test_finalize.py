@@ -110,6 +110,8 @@ def test_pipeline_runs_removal_then_shrink_then_final_training(tmp_path):
         PROXY,
         "--final-kwargs",
         '{"epochs": 1, "transfer_size": 1024}',
+        "--shrink-kwargs",
+        '{"constraints": {"max_params": 100000}}',
     ]
     assert train_agent.main(argv) == 0
     removal, shrink = out / "1-removal", out / "2-shrink"
@@ -117,6 +119,9 @@ def test_pipeline_runs_removal_then_shrink_then_final_training(tmp_path):
     shrink_config = json.loads((shrink / "config.json").read_text())
     assert shrink_config["env"] == "N2NShrink-v0"
     assert shrink_config["env_kwargs"]["start_from"] == str(removal)
+    # --shrink-kwargs reach the shrink stage only.
+    assert shrink_config["env_kwargs"]["constraints"] == {"max_params": 100000}
+    assert "constraints" not in json.loads((removal / "config.json").read_text())["env_kwargs"]
     # Stage 2 starts from stage 1's best: its removed units stay removed in every shrink student.
     removed = [
         i
@@ -187,6 +192,7 @@ def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
         (["--stages", "removal,nope"], "choose from removal,shrink,final"),
         (["--start-from", "x"], "use it with --env N2NShrink-v0"),
         (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
+        (["--shrink-kwargs", '{"fidelity": "medium"}'], "add --pipeline"),
     ],
 )
 def test_pipeline_flags_are_checked(argv, message, capsys):
