@@ -413,9 +413,16 @@ def _save_best_weights(
     run_dir: Path, env_id: str, env_kwargs: dict[str, Any], console: Console
 ) -> None:
     # A fresh in-process evaluator re-creates the best student's trained network (seeded).
-    evaluator = gym.make(env_id, **env_kwargs).unwrapped.evaluator
-    with console.status("saving the best student's weights"):
-        path = write_best_weights(run_dir, evaluator)
+    try:
+        evaluator = gym.make(env_id, **env_kwargs).unwrapped.evaluator
+        with console.status("saving the best student's weights"):
+            path = write_best_weights(run_dir, evaluator)
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]best student's weights not saved[/] (its description is); "
+            "`python evaluate.py RUN_DIR` trains it from the description"
+        )
+        return
     if path is not None:
         console.print(f"best student saved to {path} (load with n2n_gym.students.load_student)")
 
