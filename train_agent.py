@@ -139,6 +139,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
     )
     ns = parser.parse_args(argv)
     stages = _parse_stages(parser, ns.stages, ns.pipeline)
+    for stage in set(stages) - {"final"}:
+        try:
+            stage_env(ns.env, stage)
+        except ValueError as error:
+            parser.error(f"{error}; a pipeline starts from N2NRemoval-v0 or a paper removal id")
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
     for name in ("budget", "n_envs", "checkpoint_every"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:

@@ -170,7 +170,7 @@ def test_greedy_student_of_a_trained_policy(tmp_path):
         (["{tmp}"], "is not a search run directory"),
         (["{tmp}", "{tmp}"], "pass --compare"),
         (["{tmp}", "--epochs", "0"], "--epochs must be at least 1"),
-        (["--compare", "{tmp}"], "{tmp}"),
+        (["--compare", "{tmp}"], "pass directories written by train_agent.py --out DIR"),
     ],
 )
 def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
@@ -193,6 +193,7 @@ def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
         (["--start-from", "x"], "use it with --env N2NShrink-v0"),
         (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
         (["--shrink-kwargs", '{"fidelity": "medium"}'], "add --pipeline"),
+        (["--pipeline", "--env", "CartPole-v1"], "not an N2N removal or shrink environment"),
     ],
 )
 def test_pipeline_flags_are_checked(argv, message, capsys):
@@ -216,6 +217,6 @@ def test_compare_prints_the_table_and_writes_the_plots(tmp_path, capsys, monkeyp
     assert "reinforce" in printed and "random" in printed
     rows = json.loads((out / "comparison.json").read_text())["rows"]
     assert sorted(row["algo"] for row in rows) == ["random", "reinforce"]
-    assert all(row["seeds"] == [0, 1] or row["seeds"] == 2 for row in rows)
+    assert all(row["seeds"] == [0, 1] for row in rows)
     for name in ("best_reward.png", "pareto.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
