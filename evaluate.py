@@ -22,26 +22,26 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from rich.console import Console
 from sb3_contrib import MaskablePPO
-from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import Reinforce, agent_class
 from n2n_gym.arch import StudentDescription
+from n2n_gym.cli import OneLineParser, fail, finish_with_progress
 from n2n_gym.compare import compare_runs, comparison_table
 from n2n_gym.distill import DistillationDiverged
-from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
-from n2n_gym.runs import CHECKPOINT_FILE, RunDirError, read_run_config
+from n2n_gym.finalize import FINAL_TRAINING
+from n2n_gym.runs import CHECKPOINT_FILE, RunDirError, read_run_config, read_run_task
 from n2n_gym.students import StudentFileError
+from n2n_gym.task import TaskError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def greedy_student(run_dir: Path) -> StudentDescription:
     """The student the run's trained agent picks when it takes its most likely action everywhere."""
     settings = read_run_config(run_dir)
+    task = read_run_task(run_dir)
     checkpoint = run_dir / CHECKPOINT_FILE
     if not checkpoint.exists():
         raise RunDirError(
@@ -90,7 +91,11 @@ def greedy_student(run_dir: Path) -> StudentDescription:
     except ValueError as error:
         raise RunDirError(f"{run_dir}: {error}; use --student best") from None
     # The proxy evaluator: only the decisions matter here, not a reward.
-    env = gym.make(settings["env"], **{**settings.get("env_kwargs", {}), "evaluator": "proxy"})
+    env = gym.make(
+        settings["env"],
+        **task.replace(measurer="proxy").to_dict(),
+        **settings.get("env_options", {}),
+    )
     agent = cls.load(checkpoint, device="cpu")
     obs, _ = env.reset(seed=settings.get("seed", 0))
     state, start, done = None, np.ones(1, bool), False
@@ -128,20 +133,6 @@ def finish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
-    """:func:`~n2n_gym.finalize.finish_run` with a progress bar over epochs; prints the report."""
-    epochs = kwargs.get("config", FINAL_TRAINING).epochs
-    with tqdm(total=epochs, desc="final training", unit="epoch") as bar:
-
-        def on_epoch(entry: dict[str, float]) -> None:
-            bar.update(1)
-            bar.set_postfix(val=f"{entry['val_accuracy']:.4f}", loss=f"{entry['loss']:.4g}")
-
-        report, path = finish_run(run_dir, on_epoch=on_epoch, **kwargs)
-    console.print(report_table(report, path))
-    return path
-
-
 def compare(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("runs/comparison")
     comparison = compare_runs(args.runs, out, budget=args.budget)
@@ -159,12 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         return compare(args, console) if args.compare else finish(args, console)
-    except (RunDirError, StudentFileError, DistillationDiverged, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
+    except (RunDirError, StudentFileError, TaskError, DistillationDiverged, ValueError) as error:
+        return fail(str(error))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
+        return fail("interrupted", 130)
 
 
 if __name__ == "__main__":

@@ -37,18 +37,20 @@ from tqdm import tqdm
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, RandomSearch, Reinforce, agent_class
 from agents.sb3 import make_sb3_agent
-from evaluate import finish_with_progress
 from n2n_gym.backends import BackendConfigError, make_backend
-from n2n_gym.envs.base import EPISODES_PER_UPDATE
+from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
+from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
 from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RunRecorder,
+    announce_search,
     write_best_weights,
     write_json_atomic,
 )
+from n2n_gym.task import Task, TaskError
 
 STAGES = ("removal", "shrink", "final")
 
@@ -73,6 +75,8 @@ class Args:
     (default: one per GPU, or one per CPU slot)"""
     ray_address: str | None = None
     """Ray cluster that evaluates students ("local" starts Ray here); default: $RAY_ADDRESS"""
+    threads: int | None = None
+    """torch CPU threads of this search, shared by its processes (default: every core)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gymnasium.make keyword arguments"""
     out: str | None = None
@@ -92,7 +96,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     defaults = Args()
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments"
     )
@@ -145,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         except ValueError as error:
             parser.error(f"{error}; a pipeline starts from N2NRemoval-v0 or a paper removal id")
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
-    for name in ("budget", "n_envs", "checkpoint_every"):
+    for name in ("budget", "n_envs", "checkpoint_every", "threads"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if ns.workers < 0:
@@ -173,6 +178,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
             "--shrink-kwargs applies to a pipeline's shrink stage: add --pipeline (or --stages "
             "removal,shrink)"
         )
+    for stage in stages or ("search",):
+        if stage == "final":
+            continue
+        env_id = ns.env if stage == "search" else stage_env(ns.env, stage)
+        kwargs = {"device": ns.device, **env_kwargs}
+        if stage == "shrink":
+            kwargs.update(shrink_kwargs)
+            kwargs.pop("start_from", None)  # the pipeline passes stage 1's result
+        try:
+            task, _ = task_for(env_id, kwargs)
+            if not ns.ray_address:
+                task.check_device()
+        except TaskError as error:
+            flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
+            parser.error(f"{env_id} ({flag} / --device): {error}")
     skip = ("env_kwargs", "start_from", "stages", "pipeline", "final_kwargs", "shrink_kwargs")
     values = {k: v for k, v in vars(ns).items() if k not in skip}
     return Args(
@@ -218,7 +238,14 @@ def stage_env(env_id: str, stage: str) -> str:
 
 
 class RecordEvaluations(VecEnvWrapper):
-    """Records every finished episode into the run directory, TensorBoard and the progress bar."""
+    """Records every finished episode into the run directory, TensorBoard and the progress bar.
+
+    It also tells each environment how many evaluations the whole search has finished before
+    its next one (annealed constraints count policy updates from that), so the schedule does not
+    depend on the number of environments and continues after a resume. The environments of one
+    search step together and their episodes have one length, so environment ``i``'s next
+    evaluation is the search's evaluation ``finished + i``.
+    """
 
     def __init__(self, venv: VecEnv, recorder: RunRecorder, bar: tqdm, tb_dir: Path) -> None:
         super().__init__(venv)
@@ -228,8 +255,16 @@ class RecordEvaluations(VecEnvWrapper):
 
         self.writer = SummaryWriter(str(tb_dir))
 
+    def _push_progress(self) -> None:
+        for index in range(self.num_envs):
+            self.venv.env_method(
+                "set_search_evaluations", self.recorder.evaluations + index, indices=[index]
+            )
+
     def reset(self):
-        return self.venv.reset()
+        observations = self.venv.reset()
+        self._push_progress()
+        return observations
 
     def step_wait(self):
         obs, rewards, dones, infos = self.venv.step_wait()
@@ -250,6 +285,8 @@ class RecordEvaluations(VecEnvWrapper):
             self.bar.set_postfix(
                 best=f"{self.recorder.best_reward:.4f}", hits=self.recorder.cache_hits
             )
+        if dones.any():
+            self._push_progress()
         return obs, rewards, dones, infos
 
     def close(self) -> None:
@@ -303,40 +340,40 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
     )
 
 
-def _make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+def _make_env(env_id: str, env_kwargs: dict[str, Any], threads: int | None = None) -> gym.Env:
     # The string entry point imports n2n_gym in subprocess workers too.
+    if threads is not None:
+        set_threads(threads)  # this subprocess's share of the search's cores
     return Monitor(gym.make(f"n2n_gym:{env_id}", **env_kwargs))
 
 
-def make_vec_env(args: Args, env_kwargs: dict[str, Any]) -> VecEnv:
-    """The search's environments, and where they evaluate students; fills in ``args.n_envs``.
+def make_vec_env(
+    args: Args, task: Task, options: dict[str, Any], threads: int
+) -> tuple[VecEnv, Any]:
+    """The search's environments and the back-end they share (``None`` without workers).
 
     Without --workers / --ray-address every environment evaluates in its own process (several:
-    SubprocVecEnv). With them, one back-end is shared by environments that step in threads, so the
-    episodes that end together have their students evaluated concurrently on the workers.
+    SubprocVecEnv, each with its share of ``threads``). With them, one evaluator on the back-end
+    is shared by environments that step in threads, so the episodes that end together have their
+    students evaluated concurrently on the workers. Fills in ``args.n_envs``.
     """
+    env_kwargs = {**task.to_dict(), **options}
     if not args.workers and not args.ray_address:
         args.n_envs = args.n_envs or 1
-        vec_cls = SubprocVecEnv if args.n_envs > 1 else DummyVecEnv
-        return vec_cls([partial(_make_env, args.env, env_kwargs) for _ in range(args.n_envs)])
-    probe = gym.make(args.env, **env_kwargs)
-    recipe = probe.unwrapped.evaluator_recipe()
-    probe.close()
-    try:
-        backend = make_backend(
-            recipe,
-            workers=args.workers,
-            ray_address=args.ray_address,
-            cache=recipe.open_cache(env_kwargs.get("cache_path")),
-        )
-    except BackendConfigError as error:
-        raise SystemExit(f"cannot start the evaluation workers: {error}") from None
+        if args.n_envs == 1:
+            return DummyVecEnv([partial(_make_env, args.env, env_kwargs)]), None
+        share = max(1, threads // args.n_envs)
+        return SubprocVecEnv(
+            [partial(_make_env, args.env, env_kwargs, share) for _ in range(args.n_envs)]
+        ), None
+    backend = make_backend(task, workers=args.workers, ray_address=args.ray_address)
+    evaluator = task.build_evaluator(backend)
     if args.n_envs is None:
         # REINFORCE's m rollouts end on the same step; SB3 agents get one environment per worker.
         args.n_envs = EPISODES_PER_UPDATE if args.algo == "reinforce" else backend.num_workers
-    shared = {**env_kwargs, "evaluator": backend}
+    shared = {**env_kwargs, "evaluator": evaluator}
     env_fns = [partial(_make_env, args.env, shared) for _ in range(args.n_envs)]
-    return ThreadedVecEnv(env_fns, on_close=backend.close)
+    return ThreadedVecEnv(env_fns, on_close=evaluator.close), backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,35 +385,73 @@ def main(argv: list[str] | None = None) -> int:
     return run_search(args, console)
 
 
-def run_search(args: Args, console: Console) -> int:
-    """One search on ``args.env``; returns the exit status."""
-    run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
-    if (run_dir / CONFIG_FILE).exists() and not args.resume:
-        console.print(
-            f"[red]{run_dir} already holds a run:[/] pass --resume to continue it, or --out DIR"
-        )
-        return 2
+def search_task(args: Args, run_dir: Path) -> tuple[Task, dict[str, Any]]:
+    """The search's task (its cache in the run directory unless given) and env options.
+
+    Raises:
+        TaskError: a bad --env-kwargs value or --device (one line).
+    """
     # A per-run reward cache: a student the agent proposes again costs nothing the second time.
     env_kwargs = {
         "device": args.device,
         "cache_path": str(run_dir / "rewards.sqlite"),
         **args.env_kwargs,
     }
+    task, options = task_for(args.env, env_kwargs)
+    if not args.ray_address:
+        task.check_device()
+    return task, options
+
+
+def _warn_shared_cores(console: Console, run_dir: Path, threads: int) -> None:
+    others = announce_search(run_dir, threads)
+    if not others:
+        return
+    total = cores()
+    used = threads + sum(int(other.get("threads") or 0) for other in others)
+    if used > total:
+        console.print(
+            f"warning: {len(others)} other search(es) run on this machine "
+            f"({', '.join(str(o['pid']) for o in others)}), using {used} threads on {total} "
+            f"cores, so each evaluation is slower; give each search --threads "
+            f"{max(1, total // (len(others) + 1))}",
+            style="yellow",
+            soft_wrap=True,
+        )
+
+
+def run_search(args: Args, console: Console) -> int:
+    """One search on ``args.env``; returns the exit status."""
+    run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
+    if (run_dir / CONFIG_FILE).exists() and not args.resume:
+        return fail(f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR")
     try:
-        probe = gym.make(args.env, **env_kwargs)
-    except (ValueError, gym.error.Error) as error:
-        console.print(f"[red]cannot make {args.env}:[/] {error}")
-        return 2
+        task, options = search_task(args, run_dir)
+        # Only the episode length is needed: the proxy builds nothing.
+        probe = gym.make(args.env, **task.replace(measurer="proxy").to_dict(), **options)
+    except (TaskError, EnvConfigError) as error:
+        return fail(f"{args.env}: {error}")
     episode_length = probe.unwrapped.num_steps
     probe.close()
+    # Every core by default; workers and subprocess environments divide them.
+    threads = args.threads or cores()
+    set_threads(1 if args.workers or args.ray_address else threads)
+    try:
+        task = task.resolved()  # records the teacher's fingerprint in config.json
+        venv, backend = make_vec_env(args, task, options, threads)
+        if backend is not None:
+            backend.start()  # a worker that cannot start stops the search before any folder
+    except (TaskError, BackendConfigError) as error:
+        return fail(f"cannot start the evaluation workers: {error}")
     recorder = RunRecorder(run_dir, args.algo, args.seed)
     if recorder.evaluations >= args.budget:
+        venv.close()
         console.print(f"{run_dir} already spent its budget of {args.budget} evaluations")
         _print_summary(console, recorder.write_summary(env=args.env), run_dir)
         return 0
-    venv = make_vec_env(args, env_kwargs)
-    # Written once the workers are up (a failed start leaves no run behind) and n_envs is known.
-    write_json_atomic(run_dir / CONFIG_FILE, asdict(args))
+    config = {**asdict(args), "task": task.to_dict(), "env_options": options}
+    write_json_atomic(run_dir / CONFIG_FILE, config)
+    _warn_shared_cores(console, run_dir, threads)
     venv.seed(args.seed + recorder.evaluations)
     bar = tqdm(
         total=args.budget,
@@ -400,7 +475,9 @@ def run_search(args: Args, console: Console) -> int:
     except KeyboardInterrupt:
         interrupted = True
         console.print(
-            "[yellow]interrupted:[/] everything so far is kept; rerun with --resume to continue"
+            "interrupted: everything so far is kept; rerun with --resume to continue",
+            style="yellow",
+            soft_wrap=True,
         )
     finally:
         callback.save()
@@ -410,26 +487,32 @@ def run_search(args: Args, console: Console) -> int:
         env=args.env, wall_time=time.perf_counter() - start, interrupted=interrupted
     )
     _print_summary(console, summary, run_dir)
-    _save_best_weights(run_dir, args.env, env_kwargs, console)
+    _save_best_weights(run_dir, task, console)
     return 130 if interrupted else 0
 
 
-def _save_best_weights(
-    run_dir: Path, env_id: str, env_kwargs: dict[str, Any], console: Console
-) -> None:
-    # A fresh in-process evaluator re-creates the best student's trained network (seeded).
+def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:
+    # A fresh in-process measurer re-creates the best student's trained network (seeded).
     try:
-        evaluator = gym.make(env_id, **env_kwargs).unwrapped.evaluator
         with console.status("saving the best student's weights"):
-            path = write_best_weights(run_dir, evaluator)
+            measurer = task.build_measurer()
+            path = write_best_weights(run_dir, measurer)
+    except (TaskError, ValueError) as error:
+        console.print(f"best student's weights not saved here: {error}", soft_wrap=True)
+        return
     except KeyboardInterrupt:
         console.print(
-            "[yellow]best student's weights not saved[/] (its description is); "
-            "`python evaluate.py RUN_DIR` trains it from the description"
+            "best student's weights not saved (its description is); "
+            "`python evaluate.py RUN_DIR` trains it from the description",
+            style="yellow",
+            soft_wrap=True,
         )
         return
     if path is not None:
-        console.print(f"best student saved to {path} (load with n2n_gym.students.load_student)")
+        console.print(
+            f"best student saved to {path} (load with n2n_gym.students.load_student)",
+            soft_wrap=True,
+        )
 
 
 def run_pipeline(args: Args, console: Console) -> int:
@@ -439,8 +522,7 @@ def run_pipeline(args: Args, console: Console) -> int:
     for number, stage in enumerate(args.stages, 1):
         if stage == "final":
             if previous is None:
-                console.print("[red]--stages final needs a search stage before it[/]")
-                return 2
+                return fail("--stages final needs a search stage before it")
             console.rule(f"stage {number}: final training of the best student")
             config = replace(FINAL_TRAINING, **args.final)
             finish_with_progress(previous, console, config=config, device=args.device, out_dir=out)

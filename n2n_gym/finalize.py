@@ -32,7 +32,7 @@ from n2n_gym.distill import (
     prepare_module,
     resolve_device,
 )
-from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_config
+from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_task
 from n2n_gym.students import save_student
 from n2n_gym.surgery import build_student
 from n2n_gym.teachers import Teacher
@@ -293,28 +293,24 @@ def finish_run(
     Raises:
         RunDirError: ``run_dir`` is not a finished-enough run directory.
     """
-    import gymnasium as gym
-
     run_dir = Path(run_dir)
-    settings = read_run_config(run_dir)
+    task = read_run_task(run_dir)
     if student is None:
         student, _ = read_best_student(run_dir)
-    # The proxy evaluator: only the teacher and the data settings are needed, not rewards.
-    env = gym.make(settings["env"], **{**settings.get("env_kwargs", {}), "evaluator": "proxy"})
-    base = env.unwrapped
-    data = base.evaluator_recipe().load_data()
+    teacher = task.load_teacher()
+    data = task.load_data()
     trained = train_final(
-        base.teacher,
+        teacher,
         data,
         student,
         config,
         device=device,
-        inherit_weights=base.inherit_weights,
-        seed=base.eval_seed,
+        inherit_weights=task.inherit_weights,
+        seed=task.eval_seed,
         on_epoch=on_epoch,
     )
     report = test_report(
-        base.teacher,
+        teacher,
         trained.module,
         student,
         data,

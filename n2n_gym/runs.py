@@ -9,17 +9,21 @@ atomically; the JSONL log is append-only, so a killed run keeps every finished e
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from n2n_gym.arch import StudentDescription
 from n2n_gym.atomic import json_line, write_json_atomic
-from n2n_gym.evaluation import EXPECTED_ERRORS, DistillationEvaluator, Evaluator
+from n2n_gym.measure import EXPECTED_ERRORS, DistillationMeasurer, Measurer
 from n2n_gym.students import save_student
+from n2n_gym.task import Task, TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +43,37 @@ class RunDirError(ValueError):
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` a search wrote (its ``env``, ``env_kwargs``, ``algo``, ``seed`` ...)."""
+    """The ``config.json`` a search wrote: its ``task``, ``env``, ``env_options``, ``algo`` ...
+
+    Raises:
+        RunDirError: ``run_dir`` is not a run directory, or its config is unreadable.
+    """
     path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise RunDirError(f"{run_dir} does not exist or is not a folder; pass a run directory")
     if not path.exists():
         raise RunDirError(
             f"{run_dir} is not a search run directory (no {CONFIG_FILE}); "
             "make one with `python train_agent.py --out DIR`"
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunDirError(
+            f"{path} is unreadable ({error}); was the run directory edited?"
+        ) from None
+    if not isinstance(config, dict) or "task" not in config or "env" not in config:
+        raise RunDirError(f"{path} does not describe a search (no task); rerun the search")
+    return config
+
+
+def read_run_task(run_dir: str | Path) -> Task:
+    """The task a search ran on, rebuilt from its ``config.json`` (the same world)."""
+    config = read_run_config(run_dir)
+    try:
+        return Task.from_dict(config["task"])
+    except TaskError as error:
+        raise RunDirError(f"{run_dir}: its task cannot be rebuilt here: {error}") from None
 
 
 def read_best_student(run_dir: str | Path) -> tuple[StudentDescription, dict[str, Any]]:
@@ -61,24 +88,24 @@ def read_best_student(run_dir: str | Path) -> tuple[StudentDescription, dict[str
     return StudentDescription.from_dict(record["student"]), record
 
 
-def write_best_weights(run_dir: str | Path, evaluator: Evaluator) -> Path | None:
+def write_best_weights(run_dir: str | Path, measurer: Measurer) -> Path | None:
     """Re-create the best student's trained network as its reward did and save it in the run.
 
     Only measurements are kept during a search (weights of hundreds of students would not be);
     distillation is seeded, so this gives the network the search scored. Returns the file, or
-    ``None`` when there is no best student or the evaluator trains nothing (a proxy).
+    ``None`` when there is no best student or the measurer trains nothing (a proxy).
     """
     run_dir = Path(run_dir)
     if not (run_dir / BEST_FILE).exists():
         return None
-    if not isinstance(evaluator, DistillationEvaluator):
+    if not isinstance(measurer, DistillationMeasurer):
         logger.info(
-            "no weights for the best student: %s trains no network", type(evaluator).__name__
+            "no weights for the best student: %s trains no network", type(measurer).__name__
         )
         return None
     student, record = read_best_student(run_dir)
     try:
-        _, module, measured = evaluator.train(student)
+        _, module, measured = measurer.train(student)
     except EXPECTED_ERRORS as error:
         logger.warning("could not re-train the best student: %s", error)
         return None
@@ -87,7 +114,7 @@ def write_best_weights(run_dir: str | Path, evaluator: Evaluator) -> Path | None
         "search_accuracy": record.get("accuracy"),
         "reward": record.get("reward"),
         "trained_by": "search reward",
-        "distill_config": evaluator.distill_config.to_dict(),
+        "distill_config": measurer.distill_config.to_dict(),
     }
     return save_student(run_dir / BEST_WEIGHTS_FILE, module, student, metadata)
 
@@ -206,3 +233,57 @@ class RunRecorder:
         }
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         return summary
+
+
+# ---- searches running on this machine -----------------------------------------------------------
+
+
+def _registry() -> Path:
+    # Per user and machine; each run has its own cache by default, so caches cannot tell.
+    return Path(tempfile.gettempdir()) / f"n2n_gym-searches-{os.getuid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def announce_search(run_dir: str | Path, threads: int) -> list[dict[str, Any]]:
+    """Register this search as running on this machine; the other live searches.
+
+    The entry is removed when the process exits. Entries of processes that died are ignored
+    and cleaned up.
+
+    Args:
+        run_dir: this search's run directory.
+        threads: torch CPU threads this search uses.
+
+    Returns:
+        One dict per other running search: ``pid``, ``run_dir``, ``threads``.
+    """
+    folder = _registry()
+    folder.mkdir(parents=True, exist_ok=True)
+    others = []
+    for entry in folder.glob("*.json"):
+        try:
+            data = json.loads(entry.read_text())
+            pid = int(data["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            others.append(data)
+        else:
+            entry.unlink(missing_ok=True)
+    mine = folder / f"{os.getpid()}.json"
+    write_json_atomic(
+        mine, {"pid": os.getpid(), "run_dir": str(Path(run_dir).resolve()), "threads": threads}
+    )
+    atexit.register(lambda: mine.unlink(missing_ok=True))
+    return others

@@ -4,18 +4,32 @@ Every network the library trains is a :class:`SpecNetwork`: an ``nn.Sequential``
 layer of its :class:`~n2n_gym.arch.NetworkSpec`, so layer ``i`` of the description is module ``i``.
 A user's own model is converted once by :func:`convert_module`, which refuses anything it does not
 understand by naming the module.
+
+Everything that depends on a layer's kind is one :class:`KindSurgery` entry in
+:data:`KIND_SURGERY` (building its module, inheriting a teacher's weights); adding a layer kind
+means adding one entry there and one in ``arch.KINDS``. Converting a user's module goes through
+:data:`MODULE_CONVERTERS`, one :class:`ModuleConverter` per torch module type.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from n2n_gym.arch import InvalidArchitecture, Layer, NetworkSpec, StudentDescription, StudentPlan
+from n2n_gym.arch import (
+    InvalidArchitecture,
+    Layer,
+    NetworkSpec,
+    StudentDescription,
+    StudentPlan,
+    TensorShape,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,44 +80,35 @@ def _residual(layer: Layer) -> nn.Module:
     return block
 
 
+def _build_conv(layer: Layer) -> nn.Module:
+    parts: list[nn.Module] = [
+        nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel,
+            layer.stride,
+            layer.padding,
+            bias=not layer.batch_norm,
+        )
+    ]
+    if layer.batch_norm:
+        parts.append(nn.BatchNorm2d(layer.out_channels))
+    if layer.activation == "relu":
+        parts.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*parts)
+
+
+def _build_linear(layer: Layer) -> nn.Module:
+    parts: list[nn.Module] = [nn.Linear(layer.in_channels, layer.out_channels)]
+    if layer.activation == "relu":
+        parts.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*parts)
+
+
 def _layer_module(layer: Layer) -> nn.Module:
-    kind = layer.kind
-    if kind == "conv":
-        parts: list[nn.Module] = [
-            nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel,
-                layer.stride,
-                layer.padding,
-                bias=not layer.batch_norm,
-            )
-        ]
-        if layer.batch_norm:
-            parts.append(nn.BatchNorm2d(layer.out_channels))
-        if layer.activation == "relu":
-            parts.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*parts)
-    if kind == "linear":
-        parts = [nn.Linear(layer.in_channels, layer.out_channels)]
-        if layer.activation == "relu":
-            parts.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*parts)
-    if kind == "residual":
-        return _residual(layer)
-    if kind == "shortcut":
-        return _conv_bn(layer.in_channels, layer.out_channels, 1, layer.stride, 0)
-    if kind == "maxpool":
-        return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
-    if kind == "avgpool":
-        return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
-    if kind == "global_avgpool":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    if kind == "flatten":
-        return nn.Flatten()
-    if kind == "dropout":
-        return nn.Dropout(layer.p)
-    raise InvalidArchitecture(f"unknown layer kind {kind!r}")
+    if layer.kind not in KIND_SURGERY:
+        raise InvalidArchitecture(f"unknown layer kind {layer.kind!r}")
+    return KIND_SURGERY[layer.kind].build(layer)
 
 
 def build_module(spec: NetworkSpec, seed: int | None = None) -> SpecNetwork:
@@ -188,11 +193,9 @@ def _inherit(teacher: SpecNetwork, student: SpecNetwork, plan: StudentPlan) -> N
         zip(plan.spec.layers, plan.origins, plan.kept_widths, strict=True)
     ):
         t_layer = teacher_layers[origin]
-        if layer.kind == "flatten":
-            _, h, w = student_shapes[j][0].dims
-            kept = (kept[:, None] * (h * w) + torch.arange(h * w)[None, :]).flatten()
-            continue
+        surgery = KIND_SURGERY[layer.kind]
         if not layer.changes_channels:
+            kept = surgery.renumber(kept, student_shapes[j][0])
             continue
         if source == producer_of[origin]:
             in_idx = kept
@@ -202,50 +205,118 @@ def _inherit(teacher: SpecNetwork, student: SpecNetwork, plan: StudentPlan) -> N
             in_idx = None
         s_mod, t_mod = student[j], teacher[origin]
         if in_idx is not None and len(in_idx) == layer.in_channels:
-            _inherit_layer(layer, s_mod, t_mod, in_idx, width)
+            surgery.inherit(layer, s_mod, t_mod, in_idx, width)
             inherited += 1
-        out_idx = _output_index(layer, t_mod, width)
+        out_idx = surgery.kept_outputs(layer, t_mod, width)
         source, kept = origin, out_idx if in_idx is not None else torch.arange(layer.out_channels)
     logger.debug("inherited teacher weights into %d student layers", inherited)
 
 
-def _output_index(layer: Layer, t_mod: nn.Module, width: int) -> torch.Tensor:
-    if layer.kind in ("residual", "shortcut"):
-        return torch.arange(layer.out_channels)
+def _all_outputs(layer: Layer, t_mod: nn.Module, width: int) -> torch.Tensor:
+    return torch.arange(layer.out_channels)
+
+
+def _top_outputs(layer: Layer, t_mod: nn.Module, width: int) -> torch.Tensor:
     return _top_channels(t_mod[0].weight, width)
 
 
-def _inherit_layer(
+def _inherit_conv(
     layer: Layer, s_mod: nn.Module, t_mod: nn.Module, in_idx: torch.Tensor, width: int
 ) -> None:
-    if layer.kind == "conv":
-        out_idx = _top_channels(t_mod[0].weight, width)
-        s_mod[0].weight.copy_(t_mod[0].weight[out_idx][:, in_idx])
-        if layer.batch_norm:
-            _copy_bn(s_mod[1], t_mod[1], out_idx)
-        else:
-            s_mod[0].bias.copy_(t_mod[0].bias[out_idx])
-    elif layer.kind == "linear":
-        out_idx = _top_channels(t_mod[0].weight, width)
-        s_mod[0].weight.copy_(t_mod[0].weight[out_idx][:, in_idx])
+    out_idx = _top_channels(t_mod[0].weight, width)
+    s_mod[0].weight.copy_(t_mod[0].weight[out_idx][:, in_idx])
+    if layer.batch_norm:
+        _copy_bn(s_mod[1], t_mod[1], out_idx)
+    else:
         s_mod[0].bias.copy_(t_mod[0].bias[out_idx])
-    elif layer.kind == "shortcut":
-        _copy_conv_bn(s_mod, t_mod.downsample, torch.arange(layer.out_channels), in_idx)
-    else:  # residual block
-        inner = _top_channels(t_mod.conv1.weight, width)
-        every = torch.arange(layer.out_channels)
-        s_mod.conv1.weight.copy_(t_mod.conv1.weight[inner][:, in_idx])
-        _copy_bn(s_mod.bn1, t_mod.bn1, inner)
-        if layer.block == "bottleneck":
-            s_mod.conv2.weight.copy_(t_mod.conv2.weight[inner][:, inner])
-            _copy_bn(s_mod.bn2, t_mod.bn2, inner)
-            s_mod.conv3.weight.copy_(t_mod.conv3.weight[:, inner])
-            _copy_bn(s_mod.bn3, t_mod.bn3, every)
-        else:
-            s_mod.conv2.weight.copy_(t_mod.conv2.weight[:, inner])
-            _copy_bn(s_mod.bn2, t_mod.bn2, every)
-        if layer.projection:
-            _copy_conv_bn(s_mod.downsample, t_mod.downsample, every, in_idx)
+
+
+def _inherit_linear(
+    layer: Layer, s_mod: nn.Module, t_mod: nn.Module, in_idx: torch.Tensor, width: int
+) -> None:
+    out_idx = _top_channels(t_mod[0].weight, width)
+    s_mod[0].weight.copy_(t_mod[0].weight[out_idx][:, in_idx])
+    s_mod[0].bias.copy_(t_mod[0].bias[out_idx])
+
+
+def _inherit_shortcut(
+    layer: Layer, s_mod: nn.Module, t_mod: nn.Module, in_idx: torch.Tensor, width: int
+) -> None:
+    # a shortcut only ever comes from a removed projection block: its skip path
+    _copy_conv_bn(s_mod, t_mod.downsample, torch.arange(layer.out_channels), in_idx)
+
+
+def _inherit_residual(
+    layer: Layer, s_mod: nn.Module, t_mod: nn.Module, in_idx: torch.Tensor, width: int
+) -> None:
+    inner = _top_channels(t_mod.conv1.weight, width)
+    every = torch.arange(layer.out_channels)
+    s_mod.conv1.weight.copy_(t_mod.conv1.weight[inner][:, in_idx])
+    _copy_bn(s_mod.bn1, t_mod.bn1, inner)
+    if layer.block == "bottleneck":
+        s_mod.conv2.weight.copy_(t_mod.conv2.weight[inner][:, inner])
+        _copy_bn(s_mod.bn2, t_mod.bn2, inner)
+        s_mod.conv3.weight.copy_(t_mod.conv3.weight[:, inner])
+        _copy_bn(s_mod.bn3, t_mod.bn3, every)
+    else:
+        s_mod.conv2.weight.copy_(t_mod.conv2.weight[:, inner])
+        _copy_bn(s_mod.bn2, t_mod.bn2, every)
+    if layer.projection:
+        _copy_conv_bn(s_mod.downsample, t_mod.downsample, every, in_idx)
+
+
+def _renumber_flattened(kept: torch.Tensor, shape: TensorShape) -> torch.Tensor:
+    """Channel ``c`` of a ``C x H x W`` map becomes features ``c*H*W .. c*H*W + H*W - 1``."""
+    _, h, w = shape.dims
+    return (kept[:, None] * (h * w) + torch.arange(h * w)[None, :]).flatten()
+
+
+@dataclass(frozen=True)
+class KindSurgery:
+    """How layers of one kind become modules and inherit a teacher layer's weights.
+
+    Attributes:
+        build: ``layer -> module`` implementing it, freshly initialised.
+        inherit: for kinds that change channels, ``(layer, student module, teacher module, kept
+            input channels, kept width) -> None`` copies the teacher's weights for the kept
+            channels; ``width`` is the layer's kept output (for residual blocks, inner) width.
+        kept_outputs: for kinds that change channels, ``(layer, teacher module, width) -> indices``
+            of the teacher's output channels the student layer keeps (ascending).
+        renumber: for kinds that keep the channels, ``(kept indices, input shape) -> indices`` of
+            the kept channels in the layer's output.
+    """
+
+    build: Callable[[Layer], nn.Module]
+    inherit: Callable[[Layer, nn.Module, nn.Module, torch.Tensor, int], None] | None = None
+    kept_outputs: Callable[[Layer, nn.Module, int], torch.Tensor] | None = None
+    renumber: Callable[[torch.Tensor, TensorShape], torch.Tensor] = lambda kept, shape: kept
+
+
+# Adding a layer kind means adding its entry here and one in ``arch.KINDS``.
+KIND_SURGERY: Mapping[str, KindSurgery] = MappingProxyType(
+    {
+        "conv": KindSurgery(_build_conv, _inherit_conv, _top_outputs),
+        "linear": KindSurgery(_build_linear, _inherit_linear, _top_outputs),
+        "residual": KindSurgery(_residual, _inherit_residual, _all_outputs),
+        "maxpool": KindSurgery(
+            lambda layer: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+        ),
+        "avgpool": KindSurgery(
+            lambda layer: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
+        ),
+        "global_avgpool": KindSurgery(
+            lambda layer: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        ),
+        "flatten": KindSurgery(lambda layer: nn.Flatten(), renumber=_renumber_flattened),
+        "dropout": KindSurgery(lambda layer: nn.Dropout(layer.p)),
+        "shortcut": KindSurgery(
+            lambda layer: _conv_bn(layer.in_channels, layer.out_channels, 1, layer.stride, 0),
+            _inherit_shortcut,
+            _all_outputs,
+        ),
+    }
+)
+"""Module building and weight inheritance of every layer kind, keyed by :attr:`Layer.kind`."""
 
 
 # ---- users' own modules -------------------------------------------------------------------------
@@ -298,7 +369,8 @@ def _describe(
     def walk(name: str, mod: nn.Module) -> None:
         if isinstance(mod, nn.Sequential | nn.ModuleList | nn.ModuleDict) and not len(mod):
             return  # an empty container computes nothing
-        if isinstance(mod, BasicBlock | Bottleneck) or not list(mod.children()):
+        converter = _converter(mod)
+        if (converter is not None and converter.whole) or not list(mod.children()):
             leaves.append((name or type(mod).__name__, mod))
             return
         for child_name, child in mod.named_children():
@@ -309,26 +381,17 @@ def _describe(
     sources: list[list[nn.Module]] = []
     spatial = True
     for name, leaf in leaves:
-        if isinstance(leaf, nn.BatchNorm2d | nn.ReLU):
-            previous = layers[-1] if layers else None
-            if previous is None or (
-                previous.kind != "conv"
-                and not (isinstance(leaf, nn.ReLU) and previous.kind == "linear")
-            ):
-                raise UnsupportedModule(
-                    f"module '{name}' ({type(leaf).__name__}) does not follow a conv or linear layer"
-                )
-            if isinstance(leaf, nn.BatchNorm2d):
-                if previous.batch_norm or previous.activation:
-                    raise UnsupportedModule(
-                        f"module '{name}': BatchNorm2d must come right after its Conv2d"
-                    )
-                layers[-1] = Layer(**{**previous.__dict__, "batch_norm": True})
-            else:
-                layers[-1] = Layer(**{**previous.__dict__, "activation": "relu"})
+        converter = _converter(leaf)
+        if converter is None:
+            raise UnsupportedModule(
+                f"module '{name}' ({type(leaf).__name__}) is not supported; supported layers: "
+                + ", ".join(dict.fromkeys(c.label for c in MODULE_CONVERTERS.values() if c.label))
+            )
+        if converter.fold is not None:
+            layers[-1] = converter.fold(name, leaf, layers[-1] if layers else None)
             sources[-1].append(leaf)
             continue
-        layer = _leaf_layer(name, leaf)
+        layer = converter.layer(name, leaf)
         if layer is None:
             continue
         if layer.kind == "linear" and spatial:
@@ -343,84 +406,99 @@ def _describe(
     return layers, sources
 
 
-def _leaf_layer(name: str, leaf: nn.Module) -> Layer | None:
-    def pair(value: int | tuple[int, ...]) -> int:
-        values = (value, value) if isinstance(value, int) else tuple(value)
-        if len(set(values)) != 1:
-            raise UnsupportedModule(
-                f"module '{name}': only square kernels, strides and paddings are supported"
-            )
-        return int(values[0])
+def _square(name: str, value: int | tuple[int, ...]) -> int:
+    values = (value, value) if isinstance(value, int) else tuple(value)
+    if len(set(values)) != 1:
+        raise UnsupportedModule(
+            f"module '{name}': only square kernels, strides and paddings are supported"
+        )
+    return int(values[0])
 
-    if isinstance(leaf, nn.Conv2d):
-        if (
-            leaf.groups != 1
-            or pair(leaf.dilation) != 1
-            or not isinstance(leaf.padding, tuple | int)
-        ):
-            raise UnsupportedModule(
-                f"module '{name}': grouped, dilated or string-padded convolutions are not supported"
-            )
-        return Layer(
-            "conv",
-            leaf.in_channels,
-            leaf.out_channels,
-            kernel=pair(leaf.kernel_size),
-            stride=pair(leaf.stride),
-            padding=pair(leaf.padding),
+
+def _conv_layer(name: str, leaf: nn.Conv2d) -> Layer:
+    if (
+        leaf.groups != 1
+        or _square(name, leaf.dilation) != 1
+        or not isinstance(leaf.padding, tuple | int)
+    ):
+        raise UnsupportedModule(
+            f"module '{name}': grouped, dilated or string-padded convolutions are not supported"
         )
-    if isinstance(leaf, nn.Linear):
-        return Layer("linear", leaf.in_features, leaf.out_features)
-    if isinstance(leaf, BasicBlock | Bottleneck):
-        projection = leaf.downsample is not None
-        stride = leaf.conv2.stride[0] if isinstance(leaf, Bottleneck) else leaf.conv1.stride[0]
-        block = "bottleneck" if isinstance(leaf, Bottleneck) else "basic"
-        out = leaf.bn3.num_features if isinstance(leaf, Bottleneck) else leaf.bn2.num_features
-        return Layer(
-            "residual",
-            leaf.conv1.in_channels,
-            out,
-            stride=stride,
-            block=block,
-            width=leaf.bn1.num_features,
-            projection=projection,
-        )
-    if isinstance(leaf, nn.MaxPool2d | nn.AvgPool2d):
-        kind = "maxpool" if isinstance(leaf, nn.MaxPool2d) else "avgpool"
-        return Layer(
-            kind,
-            kernel=pair(leaf.kernel_size),
-            stride=pair(leaf.stride or leaf.kernel_size),
-            padding=pair(leaf.padding),
-        )
-    if isinstance(leaf, nn.AdaptiveAvgPool2d):
-        if pair(leaf.output_size) != 1:
-            raise UnsupportedModule(
-                f"module '{name}': only AdaptiveAvgPool2d(1) (global pooling) is supported"
-            )
-        return Layer("global_avgpool")
-    if isinstance(leaf, nn.Flatten):
-        return Layer("flatten")
-    if isinstance(leaf, nn.Dropout):
-        return Layer("dropout", p=float(leaf.p))
-    if isinstance(leaf, nn.Identity):
-        return None
-    raise UnsupportedModule(
-        f"module '{name}' ({type(leaf).__name__}) is not supported; supported layers: Conv2d, BatchNorm2d, ReLU, "
-        "Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten, Dropout, torchvision BasicBlock/Bottleneck"
+    return Layer(
+        "conv",
+        leaf.in_channels,
+        leaf.out_channels,
+        kernel=_square(name, leaf.kernel_size),
+        stride=_square(name, leaf.stride),
+        padding=_square(name, leaf.padding),
     )
 
 
-def _load_parts(target: nn.Module, parts: list[nn.Module]) -> None:
-    """Copy a user's weights into one built layer."""
-    if not parts:
-        return
+def _basic_block_layer(name: str, leaf: BasicBlock) -> Layer:
+    return Layer(
+        "residual",
+        leaf.conv1.in_channels,
+        leaf.bn2.num_features,
+        stride=leaf.conv1.stride[0],
+        block="basic",
+        width=leaf.bn1.num_features,
+        projection=leaf.downsample is not None,
+    )
+
+
+def _bottleneck_layer(name: str, leaf: Bottleneck) -> Layer:
+    return Layer(
+        "residual",
+        leaf.conv1.in_channels,
+        leaf.bn3.num_features,
+        stride=leaf.conv2.stride[0],  # torchvision's Bottleneck strides in its 3x3 conv
+        block="bottleneck",
+        width=leaf.bn1.num_features,
+        projection=leaf.downsample is not None,
+    )
+
+
+def _pool_layer(kind: str) -> Callable[[str, nn.Module], Layer]:
+    def convert(name: str, leaf: nn.Module) -> Layer:
+        return Layer(
+            kind,
+            kernel=_square(name, leaf.kernel_size),
+            stride=_square(name, leaf.stride or leaf.kernel_size),
+            padding=_square(name, leaf.padding),
+        )
+
+    return convert
+
+
+def _global_pool_layer(name: str, leaf: nn.AdaptiveAvgPool2d) -> Layer:
+    if _square(name, leaf.output_size) != 1:
+        raise UnsupportedModule(
+            f"module '{name}': only AdaptiveAvgPool2d(1) (global pooling) is supported"
+        )
+    return Layer("global_avgpool")
+
+
+def _fold_batch_norm(name: str, leaf: nn.Module, previous: Layer | None) -> Layer:
+    if previous is None or previous.kind != "conv":
+        raise UnsupportedModule(
+            f"module '{name}' ({type(leaf).__name__}) does not follow a conv or linear layer"
+        )
+    if previous.batch_norm or previous.activation:
+        raise UnsupportedModule(f"module '{name}': BatchNorm2d must come right after its Conv2d")
+    return replace(previous, batch_norm=True)
+
+
+def _fold_relu(name: str, leaf: nn.Module, previous: Layer | None) -> Layer:
+    if previous is None or previous.kind not in ("conv", "linear"):
+        raise UnsupportedModule(
+            f"module '{name}' ({type(leaf).__name__}) does not follow a conv or linear layer"
+        )
+    return replace(previous, activation="relu")
+
+
+def _load_weights(target: nn.Module, parts: list[nn.Module]) -> None:
+    """A Conv2d or Linear (with the BatchNorm2d folded into it) into a built conv or linear layer."""
     source = parts[0]
-    if isinstance(source, BasicBlock | Bottleneck):
-        target.load_state_dict(source.state_dict())
-        return
-    if not isinstance(source, nn.Conv2d | nn.Linear):
-        return
     target[0].weight.copy_(source.weight)
     bias = source.bias if source.bias is not None else torch.zeros(source.weight.shape[0])
     norm = next((p for p in parts if isinstance(p, nn.BatchNorm2d)), None)
@@ -430,6 +508,74 @@ def _load_parts(target: nn.Module, parts: list[nn.Module]) -> None:
     target[1].load_state_dict(norm.state_dict())
     # A conv bias before BatchNorm is exactly a shift of the running mean (and cancels in training).
     target[1].running_mean.sub_(bias)
+
+
+def _load_block(target: nn.Module, parts: list[nn.Module]) -> None:
+    target.load_state_dict(parts[0].state_dict())
+
+
+@dataclass(frozen=True)
+class ModuleConverter:
+    """How one torch module type becomes part of a network description.
+
+    Attributes:
+        label: how the supported-layers list in error messages names it (empty: not listed).
+        layer: ``(name, module) -> Layer`` for a module that starts a layer, or ``None`` for one
+            that computes nothing (the default); raises UnsupportedModule naming the module.
+        fold: ``(name, module, previous layer or None) -> Layer`` for a module that completes the
+            previous layer instead (BatchNorm2d, ReLU).
+        load: ``(built layer, [module, folded modules...]) -> None`` copies the user's weights.
+        whole: converted as one layer rather than walked into (torchvision's residual blocks).
+    """
+
+    label: str
+    layer: Callable[[str, nn.Module], Layer | None] = lambda name, leaf: None
+    fold: Callable[[str, nn.Module, Layer | None], Layer] | None = None
+    load: Callable[[nn.Module, list[nn.Module]], None] = lambda target, parts: None
+    whole: bool = False
+
+
+# Keyed by type and looked up along the module's MRO, so subclasses convert like their base.
+MODULE_CONVERTERS: Mapping[type[nn.Module], ModuleConverter] = MappingProxyType(
+    {
+        nn.Conv2d: ModuleConverter("Conv2d", _conv_layer, load=_load_weights),
+        nn.BatchNorm2d: ModuleConverter("BatchNorm2d", fold=_fold_batch_norm),
+        nn.ReLU: ModuleConverter("ReLU", fold=_fold_relu),
+        nn.Linear: ModuleConverter(
+            "Linear",
+            lambda name, leaf: Layer("linear", leaf.in_features, leaf.out_features),
+            load=_load_weights,
+        ),
+        nn.MaxPool2d: ModuleConverter("MaxPool2d", _pool_layer("maxpool")),
+        nn.AvgPool2d: ModuleConverter("AvgPool2d", _pool_layer("avgpool")),
+        nn.AdaptiveAvgPool2d: ModuleConverter("AdaptiveAvgPool2d(1)", _global_pool_layer),
+        nn.Flatten: ModuleConverter("Flatten", lambda name, leaf: Layer("flatten")),
+        nn.Dropout: ModuleConverter(
+            "Dropout", lambda name, leaf: Layer("dropout", p=float(leaf.p))
+        ),
+        BasicBlock: ModuleConverter(
+            "torchvision BasicBlock/Bottleneck", _basic_block_layer, load=_load_block, whole=True
+        ),
+        Bottleneck: ModuleConverter(
+            "torchvision BasicBlock/Bottleneck", _bottleneck_layer, load=_load_block, whole=True
+        ),
+        nn.Identity: ModuleConverter(""),
+    }
+)
+"""How a user's modules convert, keyed by torch module type."""
+
+
+def _converter(module: nn.Module) -> ModuleConverter | None:
+    return next(
+        (MODULE_CONVERTERS[t] for t in type(module).__mro__ if t in MODULE_CONVERTERS), None
+    )
+
+
+def _load_parts(target: nn.Module, parts: list[nn.Module]) -> None:
+    """Copy a user's weights into one built layer."""
+    converter = _converter(parts[0]) if parts else None
+    if converter is not None:
+        converter.load(target, parts)
 
 
 def _check_same_function(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from n2n_gym.teachers import (
     ZOO,
     Teacher,
     TeacherError,
+    TeacherInfo,
+    inspect_teacher,
     load_teacher,
     main,
     sidecar_path,
@@ -30,6 +34,7 @@ from n2n_gym.teachers import (
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "n2n_gym" / "weights"
+PACKAGE = REPO / "n2n_gym" / "teachers"
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +242,193 @@ def test_a_pickled_model_the_converter_does_not_understand_is_named(tmp_path):
         load_teacher(path, allow_pickle=True)
 
 
+def _bundled_checkpoint() -> dict:
+    return torch.load(WEIGHTS / "small_vgg_mnist.pt", map_location="cpu", weights_only=True)
+
+
+def _message(call, *args, **kwargs) -> str:
+    with pytest.raises(TeacherError) as caught:
+        call(*args, **kwargs)
+    return str(caught.value)
+
+
+# ---- teachers trained on another data set -------------------------------------------------------
+
+
+@pytest.fixture
+def fashion_checkpoint(tmp_path) -> Path:
+    """The bundled checkpoint relabelled as trained on Fashion-MNIST (same input shape and classes)."""
+    content = _bundled_checkpoint()
+    content["dataset"] = "fashion-mnist"
+    path = tmp_path / "fashion.pt"
+    torch.save(content, path)
+    return path
+
+
+@pytest.mark.parametrize("call", [load_teacher, inspect_teacher])
+def test_checkpoint_of_another_dataset_is_refused_in_one_line(call, fashion_checkpoint):
+    message = _message(call, fashion_checkpoint, dataset="mnist")
+    assert len(message.splitlines()) == 1
+    assert "fashion.pt" in message
+    assert "trained on 'fashion-mnist', not dataset 'mnist'" in message
+    assert "allow_other_dataset=True" in message
+
+
+def test_checkpoint_of_another_dataset_loads_when_allowed(fashion_checkpoint, bundled, caplog):
+    with caplog.at_level(logging.WARNING, logger="n2n_gym.teachers"):
+        teacher = load_teacher(fashion_checkpoint, allow_other_dataset=True)
+    assert teacher.fingerprint == bundled.fingerprint and teacher.dataset == "mnist"
+    assert teacher.val_accuracy is None and teacher.test_accuracy is None
+    assert "'fashion-mnist'" in caplog.text and "accuracy is ignored" in caplog.text
+    info = inspect_teacher(fashion_checkpoint, allow_other_dataset=True)
+    assert info.trained_on == "fashion-mnist" and info.dataset == "mnist"
+    assert info.val_accuracy is None and info.test_accuracy is None
+    # Used with the data set it records, it needs no override and keeps its accuracies.
+    own = load_teacher(fashion_checkpoint, dataset="fashion-mnist")
+    assert own.val_accuracy == bundled.val_accuracy
+
+
+def test_checkpoint_without_a_recorded_dataset_loads(bundled, tmp_path):
+    content = _bundled_checkpoint()
+    del content["dataset"]
+    path = tmp_path / "anonymous.pt"
+    torch.save(content, path)
+    teacher = load_teacher(path)
+    assert teacher.fingerprint == bundled.fingerprint and teacher.val_accuracy is None
+    assert inspect_teacher(path).trained_on is None
+
+
+# ---- inspecting without loading -----------------------------------------------------------------
+
+
+def _same_as_loaded(info: TeacherInfo, teacher: Teacher) -> None:
+    assert info.spec == teacher.spec
+    assert (info.arch, info.dataset, info.source) == (teacher.arch, teacher.dataset, teacher.source)
+    assert (info.val_accuracy, info.test_accuracy) == (teacher.val_accuracy, teacher.test_accuracy)
+
+
+def test_inspect_describes_the_bundled_teacher_as_load_does(bundled):
+    info = inspect_teacher()
+    _same_as_loaded(info, bundled)
+    assert info.trained_on == "mnist" and info.params == bundled.params
+    assert info.val_accuracy >= 0.99
+
+
+def test_inspect_describes_a_state_dict_as_load_does(bundled, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(bundled.module.state_dict(), path)
+    info = inspect_teacher(path, arch="small_vgg")
+    _same_as_loaded(info, load_teacher(path, arch="small_vgg"))
+    assert info.trained_on is None and info.val_accuracy is None
+
+
+def test_inspect_copies_no_weights_and_draws_no_random_numbers(bundled, tmp_path, monkeypatch):
+    path = tmp_path / "weights.pt"
+    torch.save(bundled.module.state_dict(), path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("inspect_teacher loaded weights into a module")
+
+    monkeypatch.setattr(nn.Module, "load_state_dict", refuse)
+    rng = torch.random.get_rng_state()
+    inspect_teacher()
+    inspect_teacher(path, arch="small_vgg")
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+def test_inspect_converts_a_pickled_module_on_one_thread_and_restores_the_count(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(_user_model(), path)
+    threads = torch.get_num_threads()
+    info = inspect_teacher(path, allow_pickle=True)
+    assert torch.get_num_threads() == threads
+    _same_as_loaded(info, load_teacher(path, allow_pickle=True))
+    assert info.arch == "custom" and info.trained_on is None
+
+
+def _bad_inputs(tmp_path: Path, bundled: Teacher) -> list[tuple[str, dict]]:
+    bare = tmp_path / "bare.pt"
+    torch.save(bundled.module.state_dict(), bare)
+    misshapen = tmp_path / "misshapen.pt"
+    state = dict(bundled.module.state_dict())
+    state["0.0.weight"] = torch.zeros(8, 1, 3, 3)
+    torch.save(state, misshapen)
+    pickled = tmp_path / "model.pt"
+    torch.save(_user_model(), pickled)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint\n")
+    return [
+        (str(tmp_path / "nowhere.pt"), {}),
+        (str(tmp_path), {}),
+        (str(corrupt), {"arch": "small_vgg"}),
+        (str(pickled), {}),
+        (str(bare), {}),
+        (str(bare), {"arch": "lenet"}),
+        (str(bare), {"arch": "vgg11"}),
+        (str(misshapen), {"arch": "small_vgg"}),
+        ("default", {"dataset": "cifar10"}),
+        (str(WEIGHTS / "small_vgg_mnist.pt"), {"dataset": "cifar10"}),
+        (str(WEIGHTS / "small_vgg_mnist.pt"), {"num_classes": 100}),
+        (str(WEIGHTS / "small_vgg_mnist.pt"), {"arch": "vgg11"}),
+    ]
+
+
+def test_inspect_raises_the_errors_load_raises(bundled, tmp_path):
+    for teacher, kwargs in _bad_inputs(tmp_path, bundled):
+        expected = _message(load_teacher, teacher, **kwargs)
+        assert _message(inspect_teacher, teacher, **kwargs) == expected, (teacher, kwargs)
+        assert len(expected.splitlines()) == 1, expected
+
+
+_FORK_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing as mp
+
+    from n2n_gym.teachers import inspect_teacher, load_teacher
+
+
+    def child():
+        import faulthandler
+
+        faulthandler.dump_traceback_later(50, exit=True)
+        load_teacher("default")
+        print("child ok", flush=True)
+
+
+    if __name__ == "__main__":
+        inspect_teacher("default")
+        process = mp.get_context("fork").Process(target=child)
+        process.start()
+        process.join(60)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        print("exit", process.exitcode, flush=True)
+    """
+)
+
+
+def test_a_process_forked_after_inspect_can_load_the_teacher(tmp_path):
+    # A fresh interpreter: this one has loaded teachers, so its own thread pool is running. Two
+    # threads make torch start its pool when weights are loaded, so the test would catch a leak.
+    script = tmp_path / "fork_after_inspect.py"
+    script.write_text(_FORK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=150
+    )
+    assert done.returncode == 0, done.stderr
+    assert "child ok" in done.stdout and "exit 0" in done.stdout, done.stdout + done.stderr
+
+
+def test_no_teachers_error_message_names_a_command_line_flag_of_another_program():
+    for source in sorted(PACKAGE.glob("*.py")):
+        if source.name != "cli.py":
+            assert "CLI:" not in source.read_text(), source
+            assert "--teacher-arch" not in source.read_text(), source
+    assert "CLI:" not in (PACKAGE / "cli.py").read_text()
+
+
 # ---- training -----------------------------------------------------------------------------------
 
 
@@ -267,7 +459,7 @@ def test_interrupted_training_resumes_where_it_stopped(tiny_mnist, tmp_path, mon
     )
     reference = _train(tiny_mnist, tmp_path / "reference.pt")
 
-    import n2n_gym.teachers as teachers
+    import n2n_gym.teachers.training as training
 
     calls = []
 
@@ -278,12 +470,12 @@ def test_interrupted_training_resumes_where_it_stopped(tiny_mnist, tmp_path, mon
         return accuracy(*args, **kwargs)
 
     out = tmp_path / "teacher.pt"
-    monkeypatch.setattr(teachers, "accuracy", interrupted_accuracy)
+    monkeypatch.setattr(training, "accuracy", interrupted_accuracy)
     with pytest.raises(KeyboardInterrupt):
         _train(tiny_mnist, out)
     partial = json.loads(sidecar_path(out).read_text())
     assert partial["epoch"] == 1 and not partial["complete"]
-    monkeypatch.setattr(teachers, "accuracy", accuracy)
+    monkeypatch.setattr(training, "accuracy", accuracy)
 
     with pytest.raises(TeacherError, match=r"cannot resume.*lr=0\.1 there, 0\.05 now"):
         _train(tiny_mnist, out, resume=True, lr=0.05)

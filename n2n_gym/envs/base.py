@@ -1,16 +1,17 @@
 """The shared template of the N2N environments: one step per decision unit, a terminal reward.
 
-The environment is the only place that knows every piece: it loads the teacher (at construction,
-so bad input fails at ``gymnasium.make``), builds the evaluator lazily at the first terminal step
-(so ``check_env`` and vector-env start-up stay cheap), turns decisions into a
-:class:`~n2n_gym.arch.StudentDescription`, and hands it to the evaluator — the single narrow door to
-the expensive distillation.
+An environment holds a :class:`~n2n_gym.task.Task` — the teacher, data, fidelity, device, cache
+and constraints of the search, checked when it is made, so bad input fails at ``gymnasium.make``
+with one line — and an evaluator, built from the task at the first terminal step (so
+``check_env`` and vector-env start-up stay cheap, and nothing heavy runs before Gymnasium's
+async workers fork) or handed in by the search (a shared back-end). It turns decisions into a
+:class:`~n2n_gym.arch.StudentDescription` and hands it to the evaluator — the single narrow door
+to the expensive distillation.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -18,101 +19,115 @@ import numpy as np
 from gymnasium import spaces
 
 from n2n_gym.arch import DESCRIPTOR_SIZE, StudentDescription, unit_descriptors
-from n2n_gym.backends import EvaluatorRecipe
-from n2n_gym.data import DATASETS
-from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
-from n2n_gym.evaluation import EvalResult, Evaluator, ProxyEvaluator
-from n2n_gym.reward import RewardConfig
-from n2n_gym.teachers import Teacher, load_teacher
+from n2n_gym.evaluation import EvalResult, Evaluator
+from n2n_gym.task import Task, TaskError
 
 logger = logging.getLogger(__name__)
 
+# The paper's m rollouts per policy update: annealed constraints phase in over updates, counted
+# as search-wide evaluations // EPISODES_PER_UPDATE for every algorithm.
 EPISODES_PER_UPDATE = 5
 
 
-class EnvConfigError(ValueError):
+# Keywords of the environments besides the task's fields.
+ENV_OPTIONS = frozenset(
+    {"evaluator", "max_units", "render_mode", "train_hint", "ratios", "start_from"}
+)
+
+
+class EnvConfigError(TaskError):
     """A ``gymnasium.make`` argument the environment cannot use; the message says what to pass."""
 
 
-def _dataclass_from(cls: type, value: dict[str, Any] | None, argument: str) -> Any:
-    value = dict(value or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise EnvConfigError(
-            f"{argument}: unknown key(s) {unknown}; known keys are {sorted(known)}"
-        )
+def task_for(env_id: str, env_kwargs: dict[str, Any]) -> tuple[Task, dict[str, Any]]:
+    """The task ``gymnasium.make(env_id, **env_kwargs)`` would build, and the other options.
+
+    Checks everything without making the environment (no teacher weights, no data loaded).
+
+    Returns:
+        ``(task, options)``: ``gymnasium.make(env_id, **task.to_dict(), **options)`` makes the
+        same environment.
+
+    Raises:
+        EnvConfigError: ``env_id`` is not registered, or an argument is bad (one line).
+    """
     try:
-        return cls(**value)
-    except (TypeError, ValueError) as error:
-        raise EnvConfigError(f"{argument}: {error}") from error
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        raise EnvConfigError(f"environment {env_id!r} is not registered") from None
+    merged = {**spec.kwargs, **env_kwargs}
+    options = {k: v for k, v in merged.items() if k in ENV_OPTIONS}
+    fields = {k: v for k, v in merged.items() if k not in ENV_OPTIONS}
+    if isinstance(options.get("evaluator"), str):
+        fields["evaluator"] = options.pop("evaluator")
+    try:
+        task = Task.from_kwargs(
+            train_hint=options.pop("train_hint", None), other_keywords=ENV_OPTIONS, **fields
+        )
+    except TaskError as error:
+        raise EnvConfigError(str(error)) from None
+    return task, options
 
 
 class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
-    """Base class of :class:`LayerRemovalEnv` and :class:`LayerShrinkEnv` (see their docstrings)."""
+    """Base class of :class:`LayerRemovalEnv` and :class:`LayerShrinkEnv` (see their docstrings).
+
+    The keywords are the fields of :class:`~n2n_gym.task.Task` (``teacher``, ``dataset``,
+    ``fidelity`` ...), plain JSON-able values; ``gymnasium.make(id, **task.to_dict())`` makes the
+    environment of a task.
+
+    Args:
+        evaluator: ``"distill"`` / ``"proxy"`` (the task's measurer), or a ready
+            :class:`~n2n_gym.evaluation.Evaluator` (a back-end shared by several environments).
+        max_units: observation padding.
+        render_mode: ``None`` or ``"ansi"``.
+        train_hint: how to train the teacher, for the error when none is given.
+        task_kwargs: :class:`~n2n_gym.task.Task` fields.
+    """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(
         self,
-        teacher: str | None = "default",
-        dataset: str = "mnist",
         *,
-        data_dir: str | None = None,
-        teacher_arch: str | None = None,
-        allow_pickle: bool = False,
-        fidelity: str | dict[str, Any] = "fast",
-        constraints: dict[str, Any] | None = None,
-        evaluator: str | Evaluator = "distill",
-        device: str = "auto",
-        cache_path: str | None = None,
-        inherit_weights: bool = True,
-        val_size: int = 5000,
-        eval_seed: int = 0,
+        evaluator: str | Evaluator | None = None,
         max_units: int = 32,
         render_mode: str | None = None,
         train_hint: str | None = None,
+        **task_kwargs: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise EnvConfigError(
                 f"render_mode={render_mode!r}: supported modes are {self.metadata['render_modes']}"
             )
-        if dataset not in DATASETS:
-            raise EnvConfigError(f"dataset={dataset!r} is unknown; available: {sorted(DATASETS)}")
-        if teacher is None:
+        if isinstance(evaluator, str):
+            task_kwargs["evaluator"] = evaluator
+        elif evaluator is not None and not isinstance(evaluator, Evaluator):
             raise EnvConfigError(
-                f"this environment needs a trained {teacher_arch or 'teacher'} for {dataset}: pass teacher=PATH"
-                + (f" (train one with `{train_hint}`)" if train_hint else "")
-                + (" and data_dir=DIR" if dataset != "mnist" and data_dir is None else "")
+                f"evaluator={evaluator!r}: pass 'distill', 'proxy' or an n2n_gym Evaluator"
             )
+        try:
+            self.task = Task.from_kwargs(
+                train_hint=train_hint, other_keywords=ENV_OPTIONS, **task_kwargs
+            )
+            if not isinstance(evaluator, Evaluator) and self.task.measurer == "distill":
+                self.task.check_device()  # this process will distil
+        except TaskError as error:
+            raise EnvConfigError(str(error)) from None
+        if not _positive(max_units):
+            raise EnvConfigError(f"max_units={max_units!r} must be a positive integer")
+        self.render_mode = render_mode
+        self._evaluator: Evaluator | None = evaluator if isinstance(evaluator, Evaluator) else None
+        self._shared_evaluator = self._evaluator is not None
+        self.teacher_spec = self.task.teacher_spec
         if (
-            dataset != "mnist"
-            and data_dir is None
-            and not isinstance(evaluator, ProxyEvaluator)
-            and evaluator != "proxy"
+            self._evaluator is not None
+            and self._evaluator.teacher_spec.key != self.teacher_spec.key
         ):
             raise EnvConfigError(
-                f"dataset={dataset!r} is read from your disk: pass data_dir=DIR (torchvision layout; "
-                "load_dataset(name, data_dir, download=True) fetches it)"
+                "evaluator= scores students of another teacher than this task's; build it from "
+                "the same task"
             )
-        self.render_mode = render_mode
-        self.teacher: Teacher = load_teacher(
-            teacher, dataset=dataset, arch=teacher_arch, allow_pickle=allow_pickle, device="cpu"
-        )
-        self.dataset, self.data_dir, self.device = dataset, data_dir, device
-        # What a worker needs to load the same teacher (see evaluator_recipe).
-        self.teacher_source, self.teacher_arch = teacher, teacher_arch
-        self.allow_pickle = allow_pickle
-        self.distill_config = self._distill_config(fidelity)
-        self.reward_config: RewardConfig = _dataclass_from(RewardConfig, constraints, "constraints")
-        self.cache_path, self.inherit_weights = cache_path, inherit_weights
-        self.val_size, self.eval_seed = val_size, eval_seed
-        self._evaluator: Evaluator | None = evaluator if not isinstance(evaluator, str) else None
-        if isinstance(evaluator, str) and evaluator not in ("distill", "proxy"):
-            raise EnvConfigError(
-                f"evaluator={evaluator!r}: use 'distill' (real distillation) or 'proxy' (cheap stand-in)"
-            )
-        self._evaluator_kind = evaluator if isinstance(evaluator, str) else "custom"
 
         self.base = self._base_student()
         self.active_units = tuple(i for i, r in enumerate(self.base.ratios) if r > 0.0)
@@ -142,12 +157,12 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._decisions: list[float] = []
         self._masked_actions = 0
         self.last_result: EvalResult | None = None
-        self.episodes = 0  # finished episodes, for annealed constraints
+        self.search_evaluations = 0
 
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _base_student(self) -> StudentDescription:
         """The network the episode starts from (the teacher, or a stage-1 student)."""
-        return StudentDescription(self.teacher.spec, (1.0,) * self.teacher.spec.num_units)
+        return StudentDescription(self.teacher_spec, (1.0,) * self.teacher_spec.num_units)
 
     def _action_space(self) -> spaces.Discrete:
         raise NotImplementedError
@@ -160,56 +175,42 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         """Boolean ``(num_steps, n_actions)`` table of the actions each step allows."""
         raise NotImplementedError
 
-    # ---- configuration ------------------------------------------------------------------------
-    def _distill_config(self, fidelity: str | dict[str, Any]) -> DistillConfig:
-        if isinstance(fidelity, str):
-            if fidelity not in FIDELITY_PRESETS:
-                raise EnvConfigError(
-                    f"fidelity={fidelity!r}: presets are {sorted(FIDELITY_PRESETS)}, or pass a dict"
-                )
-            return FIDELITY_PRESETS[fidelity]
-        return _dataclass_from(DistillConfig, fidelity, "fidelity")
+    # ---- the evaluator and annealing progress -------------------------------------------------
+    def set_search_evaluations(self, count: int) -> None:
+        """Tell the environment how many evaluations the whole search has finished before its next.
 
-    def evaluator_recipe(self) -> EvaluatorRecipe:
-        """The arguments that determine this environment's evaluator, to build it in a worker.
-
-        Raises:
-            EnvConfigError: the environment was given an evaluator object, not ``"distill"`` or
-                ``"proxy"``.
+        Annealed constraints phase in over policy updates, ``count // EPISODES_PER_UPDATE``. A
+        search run pushes its search-wide count to each of its environments, so the schedule is
+        the same with 1 or N vector environments and continues after a resume; an environment
+        used on its own counts its own episodes.
         """
-        if self._evaluator_kind == "custom":
-            raise EnvConfigError(
-                "this environment was given an evaluator object; a recipe exists only for "
-                "evaluator='distill' or 'proxy'"
-            )
-        return EvaluatorRecipe(
-            teacher=self.teacher_source,
-            dataset=self.dataset,
-            data_dir=self.data_dir,
-            teacher_arch=self.teacher_arch,
-            allow_pickle=self.allow_pickle,
-            kind=self._evaluator_kind,
-            distill_config=self.distill_config,
-            reward_config=self.reward_config,
-            device=self.device,
-            inherit_weights=self.inherit_weights,
-            val_size=self.val_size,
-            eval_seed=self.eval_seed,
-            teacher_fingerprint=self.teacher.fingerprint,
-        )
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
+            raise ValueError(f"count={count!r} must be a non-negative integer")
+        self.search_evaluations = int(count)
+
+    @property
+    def anneal_progress(self) -> int:
+        """Policy updates finished so far, as annealed constraints count them."""
+        return self.search_evaluations // EPISODES_PER_UPDATE
 
     @property
     def evaluator(self) -> Evaluator:
-        """The evaluator, built on first use (loads data and computes teacher logits)."""
+        """The evaluator, built from the task on first use (loads teacher and data)."""
         if self._evaluator is None:
-            recipe = self.evaluator_recipe()
-            self._evaluator = recipe.build(self.teacher, recipe.open_cache(self.cache_path))
+            self._evaluator = self.task.build_evaluator()
         return self._evaluator
+
+    def close(self) -> None:
+        # A shared evaluator belongs to the search that handed it in; an own one is closed here.
+        if self._evaluator is not None and not self._shared_evaluator:
+            self._evaluator.close()
+            self._evaluator = None
+        super().close()
 
     def __getstate__(self) -> dict[str, Any]:
         # A built evaluator holds data tensors and a database connection: rebuild it after unpickling.
         state = self.__dict__.copy()
-        if self._evaluator_kind != "custom":
+        if not self._shared_evaluator:
             state["_evaluator"] = None
         return state
 
@@ -249,12 +250,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._step += 1
         if self._step < self.num_steps:
             return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
-        # Annealed constraints phase in over policy updates; the env counts them as finished
-        # episodes // EPISODES_PER_UPDATE (the paper's m rollouts per update).
-        result = self.evaluator.evaluate(
-            self.student(), progress=self.episodes // EPISODES_PER_UPDATE
-        )
-        self.episodes += 1
+        result = self.evaluator.evaluate(self.student(), progress=self.anneal_progress)
+        self.search_evaluations += 1
         self.last_result = result
         return self._observation(), float(result.reward), True, False, self._terminal_info(result)
 
@@ -267,7 +264,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         ratios = list(self.base.ratios)
         for unit, ratio in zip(self.active_units, self._decisions, strict=False):
             ratios[unit] = round(self.base.ratios[unit] * ratio, 4)
-        return StudentDescription(self.teacher.spec, tuple(ratios))
+        return StudentDescription(self.teacher_spec, tuple(ratios))
 
     def _observation(self) -> dict[str, np.ndarray]:
         position = np.zeros(self.max_units, np.float32)
@@ -312,7 +309,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             return None
         spec = self.base.plan().spec
         lines = [
-            f"{self.__class__.__name__} on {self.teacher.arch}/{self.dataset}: step {self._step}/{self.num_steps}"
+            f"{self.__class__.__name__} on {self.task.teacher_info.arch}/{self.task.dataset}: step {self._step}/{self.num_steps}"
         ]
         lines.append(f"{'#':>3} {'type':<20} {'k':>2} {'s':>2} {'out':>5} {'params':>9}  decision")
         params = spec.layer_params()
@@ -338,3 +335,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     def _describe_decision(self, ratio: float) -> str:
         return "remove" if ratio == 0.0 else ("keep" if ratio == 1.0 else f"width x{ratio:g}")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

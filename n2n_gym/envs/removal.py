@@ -94,5 +94,5 @@ class LayerRemovalEnv(CompressionEnv):
         return KEEP
 
     def _allowed_actions(self) -> np.ndarray:
-        rules = unit_rules(self.teacher.spec)
+        rules = unit_rules(self.teacher_spec)
         return np.array([[True, rules[unit].removable] for unit in self.active_units], dtype=bool)

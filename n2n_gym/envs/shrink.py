@@ -100,14 +100,15 @@ class LayerShrinkEnv(CompressionEnv):
 
     def __init__(
         self,
-        teacher: str | None = "default",
-        dataset: str = "mnist",
         *,
         ratios: Sequence[float] = DEFAULT_RATIOS,
         start_from: str | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        ratios = tuple(float(r) for r in ratios)
+        try:
+            ratios = tuple(float(r) for r in ratios)
+        except (TypeError, ValueError):
+            ratios = ()
         if (
             not ratios
             or any(not 0.0 < r <= 1.0 for r in ratios)
@@ -119,12 +120,12 @@ class LayerShrinkEnv(CompressionEnv):
             )
         self.ratios = ratios
         self._start = load_start(start_from) if start_from is not None else None
-        super().__init__(teacher, dataset, **kwargs)
+        super().__init__(**kwargs)
 
     def _base_student(self) -> StudentDescription:
         if self._start is None:
             return super()._base_student()
-        if self._start.teacher.key != self.teacher.spec.key:
+        if self._start.teacher.key != self.teacher_spec.key:
             raise EnvConfigError(
                 "start_from was made for a different teacher architecture; pass the same teacher as its search"
             )
@@ -141,7 +142,7 @@ class LayerShrinkEnv(CompressionEnv):
         return self.ratios.index(1.0)
 
     def _allowed_actions(self) -> np.ndarray:
-        rules = unit_rules(self.teacher.spec)
+        rules = unit_rules(self.teacher_spec)
         full = np.array([r == 1.0 for r in self.ratios])
         return np.array(
             [

@@ -1,0 +1,70 @@
+"""What the command-line scripts share: one-line errors, thread shares, the final-training display.
+
+Library code logs; these helpers are for people at a terminal. Errors go to stderr as one plain
+line — never through rich, which wraps at the terminal width and would break a message (and the
+path in it) across lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["OneLineParser", "cores", "fail", "finish_with_progress", "set_threads"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def fail(message: str, status: int = 2) -> int:
+    """Print ``error: message`` as one unbroken line on stderr; returns the exit status."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return status
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> None:
+    """Give torch ``threads`` CPU threads in this process (its share of the cores)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
+    """:func:`~n2n_gym.finalize.finish_run` with a progress bar over epochs; prints the report."""
+    from tqdm import tqdm
+
+    from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
+    from n2n_gym.runs import read_best_student, read_run_task
+
+    # Refuse a folder that is not a finished-enough run before drawing any progress bar.
+    read_run_task(run_dir)
+    if kwargs.get("student") is None:
+        read_best_student(run_dir)
+    epochs = kwargs.get("config", FINAL_TRAINING).epochs
+    with tqdm(total=epochs, desc="final training", unit="epoch") as bar:
+
+        def on_epoch(entry: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(val=f"{entry['val_accuracy']:.4f}", loss=f"{entry['loss']:.4g}")
+
+        report, path = finish_run(run_dir, on_epoch=on_epoch, **kwargs)
+    console.print(report_table(report, path))
+    return path
