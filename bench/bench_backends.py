@@ -1,12 +1,14 @@
 """Students per second: evaluation in-process against a process pool and Ray with 1 and N workers.
 
 Every configuration scores the same distinct students at the same fidelity (no cache), one batch
-submitted at once (``evaluate_many``), which is how a search's concurrent episodes reach a back-end.
-Workers are started and have built their evaluators (teacher, data, teacher logits) before the
-clock starts; their start-up is reported in its own column. By default the in-process baseline
-uses all torch threads and a pool of ``w`` workers gives each ``cores / w`` threads (Ray actors
-one); ``--threads 1`` gives every process one thread, which isolates the effect of the worker
-count (and avoids the slow-down of several torch threads on an oversubscribed machine).
+submitted at once (``Evaluator.evaluate_many``), which is how a search's concurrent episodes reach
+a back-end. The in-process baseline is ``task.build_evaluator()``; each back-end is a measurer
+behind ``Evaluator(backend)``. Workers are started and have built their measurers (teacher, data,
+teacher logits) before the clock starts; their start-up is reported in its own column. By default
+the in-process baseline uses all torch threads and a pool of ``w`` workers gives each ``cores / w``
+threads (Ray actors one); ``--threads 1`` gives every process one thread, which isolates the
+effect of the worker count (and avoids the slow-down of several torch threads on an oversubscribed
+machine).
 
     python bench/bench_backends.py                      # 8 students, 1 and 2 workers, pool and Ray
     python bench/bench_backends.py --threads 1          # one thread everywhere: scaling by workers
@@ -31,9 +33,10 @@ from rich.console import Console
 from rich.table import Table
 
 from n2n_gym.arch import StudentDescription
-from n2n_gym.backends import EvaluatorBackend, EvaluatorRecipe, ProcessPoolBackend, RayBackend
+from n2n_gym.backends import ProcessPoolBackend, RayBackend, WorkerBackend
 from n2n_gym.distill import DistillConfig
-from n2n_gym.evaluation import EvalResult
+from n2n_gym.evaluation import EvalResult, Evaluator
+from n2n_gym.task import Task
 
 
 def load() -> str:
@@ -42,12 +45,13 @@ def load() -> str:
 
 
 def time_in_process(
-    recipe: EvaluatorRecipe, students: Sequence[StudentDescription]
+    task: Task, students: Sequence[StudentDescription]
 ) -> tuple[float, float, list[EvalResult]]:
     """(start-up seconds, evaluation seconds, results) of the plain in-process evaluator."""
     start = time.perf_counter()
-    evaluator = recipe.build()
-    _ = evaluator.teacher_accuracy, evaluator.targets
+    measurer = task.build_measurer()
+    _ = measurer.teacher_accuracy, measurer.targets
+    evaluator = task.build_evaluator(measurer)
     startup = time.perf_counter() - start
     start = time.perf_counter()
     results = evaluator.evaluate_many(students)
@@ -55,15 +59,16 @@ def time_in_process(
 
 
 def time_backend(
-    backend: EvaluatorBackend, students: Sequence[StudentDescription]
+    backend: WorkerBackend, students: Sequence[StudentDescription]
 ) -> tuple[float, float, list[EvalResult]]:
     """(start-up seconds, evaluation seconds, results) of a back-end, closed afterwards."""
     with backend:
         start = time.perf_counter()
         backend.start()
         startup = time.perf_counter() - start
+        evaluator = Evaluator(backend)
         start = time.perf_counter()
-        results = backend.evaluate_many(students)
+        results = evaluator.evaluate_many(students)
         return startup, time.perf_counter() - start, results
 
 
@@ -87,9 +92,9 @@ def main() -> None:
     if "ray" in backends and importlib.util.find_spec("ray") is None:
         console.print("[yellow]ray is not installed: skipping it (pip install '.[ray]')[/]")
         backends.remove("ray")
-    recipe = EvaluatorRecipe(distill_config=DistillConfig(), device="cpu")
-    students = random_removal_students(recipe.load_teacher().spec, args.students, args.seed)
-    config = recipe.distill_config
+    task = Task(fidelity=DistillConfig(), device="cpu")
+    students = random_removal_students(task.load_teacher().spec, args.students, args.seed)
+    config = task.fidelity
     console.print(
         f"{len(students)} students, {config.transfer_size} transfer images x {config.epochs} "
         f"epoch(s), {config.eval_size} validation images, CPU; {load()}"
@@ -99,7 +104,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    startup, seconds, results = time_in_process(recipe, students)
+    startup, seconds, results = time_in_process(task, students)
     rows.append(("in-process", 1, str(threads), startup, seconds, results))
     console.print(f"  in-process: {seconds:.1f} s")
     ray = None
@@ -110,12 +115,10 @@ def main() -> None:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
         for workers in worker_counts:
             if name == "pool":
-                backend: EvaluatorBackend = ProcessPoolBackend(
-                    recipe, workers, threads=args.threads
-                )
+                backend: WorkerBackend = ProcessPoolBackend(task, workers, threads=args.threads)
                 per_worker = str(backend.threads)
             else:
-                backend = RayBackend(recipe, workers=workers)
+                backend = RayBackend(task, workers=workers)
                 per_worker = "1"
             startup, seconds, results = time_backend(backend, students)
             rows.append((name, workers, per_worker, startup, seconds, results))

@@ -3,9 +3,10 @@
 Both paths distil the same students from the same teacher on the same transfer images for the same
 epochs and batch size, and score them on the same validation images:
 
-- **ours**: ``DistillationEvaluator`` — transfer images on the device once, teacher logits computed
-  once for all students, batches by index slicing of a seeded permutation, evaluation under
-  ``inference_mode`` in large batches; bf16 autocast and channels-last on CUDA.
+- **ours**: ``DistillationMeasurer`` behind an ``Evaluator`` (no cache) — transfer images on the
+  device once, teacher logits computed once for all students, batches by index slicing of a seeded
+  permutation, evaluation under ``inference_mode`` in large batches; bf16 autocast and
+  channels-last on CUDA.
 - **reference**: the loop most people write — ``DataLoader(TensorDataset(...), shuffle=True)``,
   per-batch ``.to(device)``, a teacher forward pass on every batch, fp32, evaluation through a
   ``DataLoader`` at the training batch size under ``no_grad``.
@@ -35,7 +36,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import DistillConfig, transfer_indices
-from n2n_gym.evaluation import DistillationEvaluator
+from n2n_gym.evaluation import Evaluator
+from n2n_gym.measure import DistillationMeasurer
 from n2n_gym.teachers import Teacher, load_teacher
 
 
@@ -170,8 +172,9 @@ def benchmark(
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    ours = DistillationEvaluator(teacher, data, config, device=device)
-    _ = ours.teacher_accuracy, ours.targets  # the one-off set-up, counted in our time
+    measurer = DistillationMeasurer(teacher, data, config, device=device)
+    _ = measurer.teacher_accuracy, measurer.targets  # the one-off set-up, counted in our time
+    ours = Evaluator(measurer)
     totals = {"ours": time.perf_counter() - start}
     accuracies: dict[str, list[float]] = {"ours": []}
     references = {}
@@ -183,7 +186,7 @@ def benchmark(
     for number, student in enumerate(students, 1):
         for name, loop in references.items():
             start = time.perf_counter()
-            accuracies[name].append(loop.evaluate(ours.build(student)[1]))
+            accuracies[name].append(loop.evaluate(measurer.build(student)[1]))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             totals[name] += time.perf_counter() - start

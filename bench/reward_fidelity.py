@@ -35,7 +35,8 @@ from scipy.stats import spearmanr
 from n2n_gym.arch import InvalidArchitecture, StudentDescription, unit_rules
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
-from n2n_gym.evaluation import DistillationEvaluator
+from n2n_gym.evaluation import Evaluator
+from n2n_gym.measure import DistillationMeasurer
 from n2n_gym.teachers import load_teacher
 
 # Alternative short fidelities compared with --candidates (the default is always included).
@@ -68,7 +69,7 @@ class Args:
     seed: int = 0
     """seeds the choice of students"""
     inherit_weights: bool = True
-    """students start from the teacher's weights (the evaluator's default)"""
+    """students start from the teacher's weights (the measurer's default)"""
     candidates: bool = False
     """also rank the alternative short fidelities in CANDIDATES"""
     out: str | None = None
@@ -141,13 +142,16 @@ def main() -> None:
     console.print(f"default fidelity: {default}")
     console.print(f"long fidelity:    {long}")
 
-    def evaluator(config: DistillConfig, device: str) -> DistillationEvaluator:
-        return DistillationEvaluator(
+    def measurer(config: DistillConfig, device: str) -> DistillationMeasurer:
+        return DistillationMeasurer(
             teacher, data, config, device=device, inherit_weights=args.inherit_weights
         )
 
-    short_evaluators = {name: evaluator(config, args.device) for name, config in shorts.items()}
-    long_evaluator = evaluator(long, args.long_device or args.device)
+    short_evaluators = {
+        name: Evaluator(measurer(config, args.device)) for name, config in shorts.items()
+    }
+    long_measurer = measurer(long, args.long_device or args.device)
+    long_evaluator = Evaluator(long_measurer)
     students = random_removal_students(teacher.spec, args.students, args.seed)
     rows = []
     started = time.perf_counter()
@@ -209,7 +213,7 @@ def main() -> None:
     long_images = (long.transfer_size or len(data.train_y)) * long.epochs
     console.print(
         f"long: {long.epochs} epoch(s) over {long.transfer_size or len(data.train_y)} images "
-        f"(batch {long.batch_size}) on {long_evaluator.device}, accuracy on {len(data.val_y)} "
+        f"(batch {long.batch_size}) on {long_measurer.device}, accuracy on {len(data.val_y)} "
         f"validation images; {long_images / (default.transfer_size * default.epochs):.0f}x the "
         f"default's images; teacher accuracy {long_evaluator.teacher_accuracy:.4f}"
     )

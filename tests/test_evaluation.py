@@ -13,13 +13,9 @@ import torch
 from n2n_gym.arch import StudentDescription
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import DistillConfig
-from n2n_gym.evaluation import (
-    DistillationEvaluator,
-    EvalResult,
-    Evaluator,
-    ProxyEvaluator,
-    RewardCache,
-)
+from n2n_gym.cache import MeasurementCache
+from n2n_gym.evaluation import EvalResult, Evaluator
+from n2n_gym.measure import DistillationMeasurer, Measurer, ProxyMeasurer
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import load_teacher, small_vgg
 
@@ -33,6 +29,16 @@ TINY = DistillConfig(transfer_size=1000, epochs=1, batch_size=32, lr=2e-3, eval_
 
 def student(ratios, spec=SPEC):
     return StudentDescription(spec, tuple(ratios))
+
+
+def ProxyEvaluator(spec, teacher_accuracy=0.99, reward_config=None, *, cache=None):  # noqa: N802
+    """The proxy measurer behind an evaluator."""
+    return Evaluator(ProxyMeasurer(spec, teacher_accuracy), reward_config, cache)
+
+
+def DistillationEvaluator(teacher, data, config, *, device, cache=None):  # noqa: N802
+    """Real distillation behind an evaluator."""
+    return Evaluator(DistillationMeasurer(teacher, data, config, device=device), cache=cache)
 
 
 # ---- proxy ----------------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ def test_eval_result_round_trips_through_json():
 
 
 def test_second_evaluation_is_a_cache_hit(tmp_path):
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     evaluator = ProxyEvaluator(SPEC, cache=cache)
     first = evaluator.evaluate(student(TYPICAL))
     again = evaluator.evaluate(student(TYPICAL))
@@ -129,7 +135,7 @@ def test_second_evaluation_is_a_cache_hit(tmp_path):
 
 
 def test_ratios_that_build_the_same_network_share_a_cache_entry(tmp_path):
-    evaluator = ProxyEvaluator(SPEC, cache=RewardCache(tmp_path / "rewards.sqlite"))
+    evaluator = ProxyEvaluator(SPEC, cache=MeasurementCache(tmp_path / "rewards.sqlite"))
     evaluator.evaluate(student((1, 1, 1, 1, 1, 1, 1, 0.5, 1)))
     same_widths = evaluator.evaluate(
         student((1, 1, 1, 1, 1, 1, 1, 0.501, 1))
@@ -140,7 +146,7 @@ def test_ratios_that_build_the_same_network_share_a_cache_entry(tmp_path):
 def test_cache_keeps_rewards_current_under_annealing(tmp_path):
     config = RewardConfig(max_params=30_000, constraint_mode="annealed")
     evaluator = ProxyEvaluator(
-        SPEC, reward_config=config, cache=RewardCache(tmp_path / "rewards.sqlite")
+        SPEC, reward_config=config, cache=MeasurementCache(tmp_path / "rewards.sqlite")
     )
     early = evaluator.evaluate(student(TYPICAL), progress=0)
     late = evaluator.evaluate(student(TYPICAL), progress=15)
@@ -148,18 +154,18 @@ def test_cache_keeps_rewards_current_under_annealing(tmp_path):
 
 
 def test_cache_keys_separate_teacher_accuracies(tmp_path):
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     ProxyEvaluator(SPEC, 0.99, cache=cache).evaluate(student(TYPICAL))
     assert not ProxyEvaluator(SPEC, 0.95, cache=cache).evaluate(student(TYPICAL)).cache_hit
 
 
-def _evaluate_in_child(cache: RewardCache, queue) -> None:
+def _evaluate_in_child(cache: MeasurementCache, queue) -> None:
     evaluator = ProxyEvaluator(SPEC, cache=cache)
     queue.put([evaluator.evaluate(student(r)).to_dict() for r in (TYPICAL, SMALLER)])
 
 
 def test_cache_hit_from_another_process(tmp_path):
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     mine = ProxyEvaluator(SPEC, cache=cache).evaluate(student(TYPICAL))
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -177,14 +183,14 @@ def test_cache_hit_from_another_process(tmp_path):
 
 def test_cache_file_uses_wal_and_in_memory_caches_refuse_pickling(tmp_path):
     path = tmp_path / "deep" / "rewards.sqlite"
-    cache = RewardCache(path)
+    cache = MeasurementCache(path)
     cache.put("k", {"accuracy": 0.5})
     with sqlite3.connect(path) as other_connection:  # WAL is a property of the file
         assert other_connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     copy = pickle.loads(pickle.dumps(cache))
     assert copy.get("k") == {"accuracy": 0.5} and copy.get("missing") is None
     with pytest.raises(TypeError, match="in-memory"):
-        pickle.dumps(RewardCache(":memory:"))
+        pickle.dumps(MeasurementCache(":memory:"))
 
 
 # ---- the distillation evaluator on real data -----------------------------------------------------
@@ -202,9 +208,9 @@ def data():
 
 @pytest.mark.expensive
 def test_distillation_evaluator_scores_caches_and_reports_errors(teacher, data, tmp_path):
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     evaluator = DistillationEvaluator(teacher, data, TINY, device="cpu", cache=cache)
-    assert isinstance(evaluator, Evaluator)
+    assert isinstance(evaluator.measurer, Measurer)
     assert evaluator.teacher_accuracy > 0.95  # measured on the same 1000 validation images
 
     result = evaluator.evaluate(student(TYPICAL))
@@ -239,7 +245,7 @@ def test_same_seed_gives_the_same_reward_without_a_cache(teacher, data):
 
 def test_diverged_distillation_is_an_error_result_not_an_exception(teacher, data, tmp_path):
     config = DistillConfig(transfer_size=500, epochs=1, batch_size=100, lr=1e30, eval_size=200)
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     evaluator = DistillationEvaluator(teacher, data, config, device="cpu", cache=cache)
     result = evaluator.evaluate(student(TYPICAL))
     assert result.reward == -1.0 and result.error_type == "DistillationDiverged"
@@ -251,8 +257,8 @@ def test_out_of_memory_is_an_error_result_and_not_cached(teacher, data, tmp_path
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("n2n_gym.evaluation.distill", out_of_memory)
-    cache = RewardCache(tmp_path / "rewards.sqlite")
+    monkeypatch.setattr("n2n_gym.measure.distill", out_of_memory)
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
     config = DistillConfig(transfer_size=200, eval_size=200)
     evaluator = DistillationEvaluator(teacher, data, config, device="cpu", cache=cache)
     result = evaluator.evaluate(student(TYPICAL))
@@ -265,7 +271,7 @@ def test_unexpected_errors_propagate(teacher, data, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("n2n_gym.evaluation.distill", broken)
+    monkeypatch.setattr("n2n_gym.measure.distill", broken)
     config = DistillConfig(transfer_size=200, eval_size=200)
     evaluator = DistillationEvaluator(teacher, data, config, device="cpu")
     with pytest.raises(RuntimeError, match="a bug"):

@@ -111,3 +111,46 @@ def test_bad_input_gives_one_clear_line(tmp_path):
         assert result.returncode == 2, argv
         output = result.stdout + result.stderr
         assert message in output and "Traceback" not in output, output
+
+
+# ---- annealed constraints count the whole search -------------------------------------------------
+
+# Every student violates max_params=1, so each record's penalty shows the annealing weight the
+# search applied: penalty = w * (R + 1) with w = min(progress, anneal_steps) / anneal_steps.
+ANNEALED = json.dumps(
+    {
+        "evaluator": "proxy",
+        "constraints": {"max_params": 1, "constraint_mode": "annealed", "anneal_steps": 3},
+    }
+)
+
+
+def anneal_weights(out: Path) -> list[float]:
+    weights = []
+    for record in read_evaluations(out):
+        parts = record["rewards"]
+        unconstrained = parts["compression_term"] * parts["accuracy_term"]
+        weights.append(round(parts["penalty"] / (unconstrained + 1.0), 6))
+    return weights
+
+
+def expected_weights(evaluations: int) -> list[float]:
+    # five rollouts per policy update, counted over the whole search
+    return [round(min(k // 5, 3) / 3, 6) for k in range(evaluations)]
+
+
+def test_annealing_follows_the_search_with_one_or_two_environments(tmp_path):
+    for n_envs in ("1", "2"):
+        out = tmp_path / f"envs-{n_envs}"
+        argv = ["--env-kwargs", ANNEALED, "--algo", "random", "--budget", "20"]
+        assert train_agent.main([*argv, "--n-envs", n_envs, "--out", str(out)]) == 0
+        assert anneal_weights(out) == expected_weights(20), n_envs
+
+
+def test_annealing_continues_after_a_resume(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--env-kwargs", ANNEALED, "--algo", "reinforce", "--out", str(out)]
+    assert train_agent.main([*argv, "--budget", "7"]) == 0
+    assert train_agent.main([*argv, "--budget", "20", "--resume"]) == 0
+    weights = anneal_weights(out)
+    assert len(weights) >= 20 and weights == expected_weights(len(weights))
