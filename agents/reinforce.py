@@ -392,6 +392,11 @@ class Reinforce(BaseAlgorithm):
             self._setup_model()
 
     # ---- model ----------------------------------------------------------------------------------
+    @property
+    def n_updates(self) -> int:
+        """Policy updates done so far (saved and restored with the agent)."""
+        return self._n_updates
+
     def _setup_model(self) -> None:
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)

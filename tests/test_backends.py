@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
-import shutil
 from pathlib import Path
 
 import gymnasium as gym

@@ -109,15 +109,15 @@ def test_bad_arguments_fail_at_make_with_the_fix():
 
 def test_removal_masks_for_vgg_and_resnet(paper_teachers):
     vgg = make_cheap("N2NRemoval-VGG19-CIFAR100-v0", paper_teachers).unwrapped
-    masks = vgg._allowed
+    masks = vgg.allowed_actions
     assert masks.shape == (18, 2)
     assert not masks[0, 1] and not masks[-1, 1]  # stem and head stay
     assert masks[1:-1, 1].all()
     resnet = make_cheap("N2NRemoval-ResNet18-CIFAR10-v0", paper_teachers).unwrapped
-    masks = resnet._allowed
+    masks = resnet.allowed_actions
     assert masks.shape == (10, 2) and not masks[0, 1] and not masks[-1, 1] and masks[1:-1, 1].all()
     shrink = make_cheap("N2NShrink-ResNet18-CIFAR10-v0", paper_teachers).unwrapped
-    masks = shrink._allowed
+    masks = shrink.allowed_actions
     keep_only = np.array([r == 1.0 for r in shrink.ratios])
     np.testing.assert_array_equal(masks[0], keep_only)  # the stem feeds residual sums
     np.testing.assert_array_equal(masks[-1], keep_only)  # the head's width is the class count

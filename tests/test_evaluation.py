@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from n2n_gym.arch import StudentDescription
+from n2n_gym.cache import MeasurementCache
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import DistillConfig
-from n2n_gym.cache import MeasurementCache
 from n2n_gym.evaluation import EvalResult, Evaluator
 from n2n_gym.measure import DistillationMeasurer, Measurer, ProxyMeasurer
 from n2n_gym.reward import RewardConfig
@@ -31,12 +31,12 @@ def student(ratios, spec=SPEC):
     return StudentDescription(spec, tuple(ratios))
 
 
-def ProxyEvaluator(spec, teacher_accuracy=0.99, reward_config=None, *, cache=None):  # noqa: N802
+def ProxyEvaluator(spec, teacher_accuracy=0.99, reward_config=None, *, cache=None):
     """The proxy measurer behind an evaluator."""
     return Evaluator(ProxyMeasurer(spec, teacher_accuracy), reward_config, cache)
 
 
-def DistillationEvaluator(teacher, data, config, *, device, cache=None):  # noqa: N802
+def DistillationEvaluator(teacher, data, config, *, device, cache=None):
     """Real distillation behind an evaluator."""
     return Evaluator(DistillationMeasurer(teacher, data, config, device=device), cache=cache)
 

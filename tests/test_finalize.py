@@ -152,7 +152,17 @@ def test_start_from_continues_a_removal_run_in_the_shrink_env(tmp_path):
     argv = [*base, "--env", "N2NShrink-v0", "--start-from", str(first), "--out", str(second)]
     assert train_agent.main(argv) == 0
     config = json.loads((second / "config.json").read_text())
-    assert config["env_kwargs"]["start_from"] == str(first)
+    assert config["env_options"]["start_from"] == str(first)
+    # every stage-2 episode starts from stage 1's best student: removed units stay removed
+    best = StudentDescription.from_dict(
+        json.loads((first / "best_student.json").read_text())["student"]
+    )
+    removed = [unit for unit, ratio in enumerate(best.ratios) if ratio == 0.0]
+    assert removed  # stage 1 removed something, so the check below can fail
+    for record in read_evaluations(second):
+        ratios = record["student"]["ratios"]
+        assert [unit for unit, ratio in enumerate(ratios) if ratio == 0.0] == removed
+        assert all(ratio <= base for ratio, base in zip(ratios, best.ratios, strict=True))
 
 
 def test_greedy_student_of_a_trained_policy(tmp_path):

@@ -177,7 +177,7 @@ def test_one_update_gives_every_controller_parameter_a_gradient(controller, n_ac
 
     model.learn(5 * 8)  # exactly one update of 5 episodes
 
-    assert model._n_updates == 1
+    assert model.n_updates == 1
     for name, param in model.policy.controller.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
         assert not torch.equal(param.detach(), before[name]), f"{name} did not move"
@@ -312,7 +312,7 @@ def test_save_load_round_trip_reproduces_actions_and_optimiser(tmp_path):
 
     resumed = Reinforce.load(tmp_path / "model.zip", env=MatchTargetEnv(3))
     resumed.learn(5 * 8, reset_num_timesteps=False)
-    assert resumed.num_timesteps == 25 * 8 and resumed._n_updates == 5
+    assert resumed.num_timesteps == 25 * 8 and resumed.n_updates == 5
 
 
 def test_a_policy_transfers_to_another_teacher(tmp_path, teachers):
@@ -385,7 +385,7 @@ def test_runs_end_to_end_on_the_n2n_envs_with_sb3_callbacks(env_id, tmp_path, te
     checkpoints = CheckpointCallback(save_freq=3 * steps, save_path=str(tmp_path / "ckpt"))
     model.learn(3 * 3 * steps, callback=[recorder, checkpoints])
 
-    assert model.num_timesteps == 9 * steps and model._n_updates == 3
+    assert model.num_timesteps == 9 * steps and model.n_updates == 3
     assert model.num_episodes == len(recorder.rewards) == 9
     assert model.best_reward == max(recorder.rewards)
     assert "student" in model.best_info and len(model.best_actions) == steps
@@ -411,18 +411,18 @@ def test_vec_env_episodes_run_side_by_side_and_fill_whole_updates():
     recorder = EpisodeRewards()
     model.learn(8 * 8, callback=recorder)
     # Two episodes per lockstep round: 3 rollouts round up to 4 per update, 8 episodes in all.
-    assert model._n_updates == 2 and model.num_episodes == 8 and model.num_timesteps == 64
+    assert model.n_updates == 2 and model.num_episodes == 8 and model.num_timesteps == 64
     assert len(recorder.rewards) == 8
 
 
 def test_budget_in_episodes_is_exact_and_a_callback_can_stop_early():
     model = Reinforce("ControllerPolicy", MatchTargetEnv(2), n_rollouts=5, seed=0)
     model.learn(7 * 8)  # 7 episodes: one full update and one of 2
-    assert model.num_episodes == 7 and model._n_updates == 2
+    assert model.num_episodes == 7 and model.n_updates == 2
 
     model = Reinforce("ControllerPolicy", MatchTargetEnv(2), n_rollouts=5, seed=0)
     model.learn(100 * 8, callback=EpisodeRewards(stop_after=3))
-    assert model.num_episodes == 3 and model._n_updates == 1
+    assert model.num_episodes == 3 and model.n_updates == 1
 
 
 def test_clear_errors_for_unsuitable_environments():

@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 import train_agent
+from agents import Reinforce
 from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
 
 PROXY = '{"evaluator": "proxy"}'
@@ -72,24 +76,32 @@ def test_a_torn_last_line_from_a_crash_is_skipped_on_resume(tmp_path):
     assert [r["evaluation"] for r in read_evaluations(out)] == [1, 2, 3, 4, 5]
 
 
-def test_init_policy_starts_from_an_earlier_run(tmp_path):
+def first_action_probabilities(agent, venv) -> torch.Tensor:
+    obs, _ = agent.policy.obs_to_tensor(venv.reset())
+    return agent.policy.controller.step_distribution(obs).probs
+
+
+def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
     first = tmp_path / "first"
-    assert run(tmp_path, "--algo", "ppo", "--budget", "5", "--out", str(first)) == 0
-    second = tmp_path / "second"
-    assert (
-        run(
-            tmp_path,
-            "--algo",
-            "ppo",
-            "--budget",
-            "5",
-            "--out",
-            str(second),
-            "--init-policy",
-            str(first),
-        )
-        == 0
+    # ten evaluations: two REINFORCE updates, so the saved controller is trained, not initial
+    assert run(tmp_path, "--algo", "reinforce", "--budget", "10", "--out", str(first)) == 0
+    saved = Reinforce.load(first / CHECKPOINT_FILE, device="cpu")
+    venv = DummyVecEnv([lambda: gym.make("N2NRemoval-v0", evaluator="proxy")])
+    transfer = train_agent.parse_args(["--env-kwargs", PROXY, "--init-policy", str(first)])
+    loaded = train_agent.make_agent(transfer, venv, tmp_path / "second", 9, 0)
+    fresh = train_agent.make_agent(train_agent.parse_args([]), venv, tmp_path / "third", 9, 0)
+    saved_state, loaded_state = saved.policy.state_dict(), loaded.policy.state_dict()
+    assert saved_state.keys() == loaded_state.keys()
+    assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)
+    # the same seed without --init-policy starts elsewhere: the first decision changed
+    start = first_action_probabilities(fresh, venv)
+    assert torch.allclose(
+        first_action_probabilities(loaded, venv), first_action_probabilities(saved, venv)
     )
+    assert not torch.allclose(first_action_probabilities(loaded, venv), start, atol=1e-4)
+    second = tmp_path / "second"
+    argv = ["--budget", "5", "--out", str(second), "--init-policy", str(first)]
+    assert run(tmp_path, "--algo", "reinforce", *argv) == 0
     assert json.loads((second / "summary.json").read_text())["evaluations"] == 5
 
 

@@ -219,6 +219,11 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def num_steps(self) -> int:
         return len(self.active_units)
 
+    @property
+    def allowed_actions(self) -> np.ndarray:
+        """Boolean ``(num_steps, n_actions)`` table: the actions each step allows."""
+        return self._allowed.copy()
+
     def action_masks(self) -> np.ndarray:
         """Actions allowed at the current step (all True once the episode is over)."""
         if self._step >= self.num_steps:
