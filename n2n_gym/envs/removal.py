@@ -74,9 +74,16 @@ class LayerRemovalEnv(CompressionEnv):
     - ``fidelity="fast"``: a preset name (``"fast"``, ``"paper"``, …) or a dict of
       :class:`~n2n_gym.distill.DistillConfig` fields.
     - ``constraints=None``: a dict of :class:`~n2n_gym.reward.RewardConfig` fields.
-    - ``evaluator="distill"``: ``"proxy"`` gives a cheap, deterministic stand-in for tests.
-    - ``device="auto"``, ``cache_path=None`` (a SQLite reward cache file), ``inherit_weights=True``,
-      ``val_size=5000``, ``eval_seed=0``, ``max_units=32``, ``render_mode=None`` or ``"ansi"``.
+    - ``evaluator="distill"``: ``"proxy"`` gives a cheap, deterministic stand-in for tests; an
+      :class:`~n2n_gym.evaluation.Evaluator` object is used as it is (a shared back-end).
+    - ``device="auto"``, ``cache_path=None`` (a SQLite measurement cache file),
+      ``inherit_weights=True``, ``val_size=5000``, ``split_seed=0``, ``eval_seed=0``,
+      ``allow_other_dataset=False``, ``max_units=32``, ``render_mode=None`` or ``"ansi"``.
+
+    These are the fields of :class:`~n2n_gym.task.Task` (``gymnasium.make(id, **task.to_dict())``)
+    plus the environment's options. Every one is checked here, at ``make()``: a bad value raises
+    :class:`~n2n_gym.envs.EnvConfigError` in one line naming the argument and the fix, before any
+    weights or data are loaded.
 
     ## Version History
 
