@@ -1,8 +1,10 @@
 """train_agent.py end to end on the cheap evaluator: every algorithm, run directories, resume."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -166,3 +168,22 @@ def test_annealing_continues_after_a_resume(tmp_path):
     assert train_agent.main([*argv, "--budget", "20", "--resume"]) == 0
     weights = anneal_weights(out)
     assert len(weights) >= 20 and weights == expected_weights(len(weights))
+
+
+def test_a_search_warns_when_other_searches_share_the_cores(tmp_path, capsys):
+    from n2n_gym.cli import cores
+    from n2n_gym.runs import announce_search
+
+    # another live process registered as a search using every core
+    other = announce_search(tmp_path / "first", cores())
+    assert all(entry["pid"] != os.getpid() for entry in other)
+    registry = next(Path(tempfile.gettempdir()).glob(f"n2n_gym-searches-{os.getuid()}"))
+    fake = registry / f"{os.getppid()}.json"
+    fake.write_text(json.dumps({"pid": os.getppid(), "run_dir": "x", "threads": cores()}))
+    try:
+        out = tmp_path / "second"
+        assert run(tmp_path, "--algo", "random", "--budget", "1", "--out", str(out)) == 0
+    finally:
+        fake.unlink(missing_ok=True)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "other search(es) run on this machine" in printed and "--threads" in printed
