@@ -74,7 +74,8 @@ def _list_zoo(dataset: str) -> None:
         table.add_row(
             name, f"{spec.params:,}", f"{spec.flops / 1e6:,.1f}", str(spec.num_units), bundled
         )
-    Console().print(table)
+    # Piped output keeps every column; a terminal gets its own width.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
