@@ -36,6 +36,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
 
 from agents.controllers import CONTROLLER_KINDS, Controller, make_controller
+from n2n_gym.distill import one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +58,8 @@ def single_threaded(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def observation_layout(observation_space: spaces.Space) -> tuple[int, int]:

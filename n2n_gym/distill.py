@@ -18,7 +18,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -218,6 +219,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} needs CUDA, which is not available; use cpu or auto")
     return resolved
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed torch work on one CPU thread, restoring the thread count afterwards.
+
+    With one thread torch runs ops inline and never starts its OpenMP thread pool (a process
+    forked after a started pool deadlocks in its first parallel op), and tiny networks lose
+    nothing: their intra-op threads only spin.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def autocast(device: torch.device) -> torch.autocast:

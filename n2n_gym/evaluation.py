@@ -83,6 +83,7 @@ class _Pending:
     student: StudentDescription
     start: float
     plan: StudentPlan | None = None
+    cache_key: str | None = None
     measurement: Measurement | None = None
     cache_hit: bool = False
     wait_for: Future[Measurement] | None = None
@@ -171,7 +172,7 @@ class Evaluator:
             if shared is not None:
                 item.wait_for, item.cache_hit = shared, True
         try:
-            self._measure([entries[0] for _, entries in mine.values()], mine)
+            self._measure(mine)
         finally:
             with self._lock:
                 for key, (future, _) in mine.items():
@@ -196,24 +197,22 @@ class Evaluator:
             item.measurement = error_measurement(error, None)
             return item
         if self.cache is not None:
-            stored = self.cache.get(measurement_key(item.plan, self.measurer.context()))
+            item.cache_key = measurement_key(item.plan, self.measurer.context())
+            stored = self.cache.get(item.cache_key)
             if stored is not None:
                 item.measurement, item.cache_hit = Measurement.from_dict(stored), True
         return item
 
-    def _measure(
-        self,
-        firsts: list[_Pending],
-        mine: dict[str, tuple[Future[Measurement], list[_Pending]]],
-    ) -> None:
-        if not firsts:
+    def _measure(self, mine: dict[str, tuple[Future[Measurement], list[_Pending]]]) -> None:
+        """Measure the first request of every student this batch owns; share the result."""
+        if not mine:
             return
+        firsts = [entries[0] for _, entries in mine.values()]
         measurements = self.measurer.measure_many([(p.plan, p.student) for p in firsts])
         for (future, entries), measurement in zip(mine.values(), measurements, strict=True):
             # Cached before the in-flight entry goes, so a later request finds one or the other.
-            if self.cache is not None and not measurement.transient:
-                key = measurement_key(entries[0].plan, self.measurer.context())
-                self.cache.put(key, measurement.to_dict())
+            if entries[0].cache_key is not None and not measurement.transient:
+                self.cache.put(entries[0].cache_key, measurement.to_dict())
             for entry in entries:
                 entry.measurement = measurement
             future.set_result(measurement)

@@ -12,7 +12,8 @@ teacher file that fits the data set — with one line that names the argument an
 (:class:`TaskError`). The checks are cheap (files, metadata, shapes) and run no parallel torch
 work, so a process forked afterwards (Gymnasium's ``AsyncVectorEnv``) does not deadlock.
 
-The expensive pieces are built on demand, once per caller: :meth:`Task.load_teacher`,
+The expensive pieces are built on demand (the teacher is read and loaded once per process):
+:meth:`Task.load_teacher`,
 :meth:`Task.load_data`, :meth:`Task.build_measurer`, :meth:`Task.open_cache` and
 :meth:`Task.build_evaluator`. The environments, the back-end workers, the final training and the
 scripts all take a task and use these; none of them assembles the pieces itself.
@@ -135,13 +136,29 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+# Per process, keyed by the file's size and modification time too, so a teacher file replaced on
+# disk is read again: the envs, the search and the run's final steps share one read and one load.
 @functools.lru_cache(maxsize=32)
 def _inspect(
-    teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: float
+    teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
 ) -> TeacherInfo:
-    # Keyed by the file's modification time too, so a teacher file replaced on disk is re-read.
     return inspect_teacher(
         teacher, dataset=dataset, arch=arch, allow_pickle=pickle, allow_other_dataset=other
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load(
+    teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
+) -> Teacher:
+    # Shared read-only: measurers and the final training copy the module before changing it.
+    return load_teacher(
+        teacher,
+        dataset=dataset,
+        arch=arch,
+        allow_pickle=pickle,
+        allow_other_dataset=other,
+        device="cpu",
     )
 
 
@@ -341,19 +358,25 @@ class Task:
         Raises:
             TaskError: the teacher is missing, unreadable or does not fit the data set.
         """
-        path = Path(self.teacher)
-        stamp = path.stat().st_mtime if self.teacher != "default" and path.is_file() else 0.0
         try:
-            return _inspect(
-                self.teacher,
-                self.dataset,
-                self.teacher_arch,
-                self.allow_pickle,
-                self.allow_other_dataset,
-                stamp,
-            )
+            return _inspect(*self._teacher_key())
         except TeacherError as error:
             raise TaskError(str(error)) from None
+
+    def _teacher_key(self) -> tuple:
+        path = Path(self.teacher)
+        stamp = ()
+        if self.teacher != "default" and path.is_file():
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        return (
+            self.teacher,
+            self.dataset,
+            self.teacher_arch,
+            self.allow_pickle,
+            self.allow_other_dataset,
+            stamp,
+        )
 
     @property
     def teacher_spec(self) -> NetworkSpec:
@@ -369,14 +392,7 @@ class Task:
         import socket
 
         try:
-            teacher = load_teacher(
-                self.teacher,
-                dataset=self.dataset,
-                arch=self.teacher_arch,
-                allow_pickle=self.allow_pickle,
-                allow_other_dataset=self.allow_other_dataset,
-                device="cpu",
-            )
+            teacher = _load(*self._teacher_key())
         except TeacherError as error:
             raise TaskError(str(error)) from None
         if self.teacher_fingerprint and teacher.fingerprint != self.teacher_fingerprint:

@@ -30,9 +30,7 @@ EPISODES_PER_UPDATE = 5
 
 
 # Keywords of the environments besides the task's fields.
-ENV_OPTIONS = frozenset(
-    {"evaluator", "max_units", "render_mode", "train_hint", "ratios", "start_from"}
-)
+ENV_OPTIONS = frozenset({"max_units", "render_mode", "train_hint", "ratios", "start_from"})
 
 
 class EnvConfigError(TaskError):
@@ -58,8 +56,6 @@ def task_for(env_id: str, env_kwargs: dict[str, Any]) -> tuple[Task, dict[str, A
     merged = {**spec.kwargs, **env_kwargs}
     options = {k: v for k, v in merged.items() if k in ENV_OPTIONS}
     fields = {k: v for k, v in merged.items() if k not in ENV_OPTIONS}
-    if isinstance(options.get("evaluator"), str):
-        fields["evaluator"] = options.pop("evaluator")
     try:
         task = Task.from_kwargs(
             train_hint=options.pop("train_hint", None), other_keywords=ENV_OPTIONS, **fields

@@ -15,8 +15,7 @@ import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec
 from n2n_gym.data import DATASETS, available_datasets
-from n2n_gym.distill import resolve_device
+from n2n_gym.distill import one_thread, resolve_device
 from n2n_gym.surgery import SpecNetwork, UnsupportedModule, build_module, convert_module
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, InputShape, _check_arch, zoo_spec
@@ -254,22 +253,6 @@ def _describe_arch(arch: str, shape: InputShape, classes: int) -> str:
     return f"{arch} for input {shape} and {classes} classes"
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch ops on one thread, restoring the previous thread count afterwards.
-
-    With one thread torch runs ops inline and never starts its OpenMP thread pool; a process forked
-    after a started pool (a vector environment with the fork context) would deadlock in its own
-    first parallel op.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _read_and_check(
     teacher: str | os.PathLike[str],
     *,
@@ -318,7 +301,7 @@ def _read_and_check(
     checkpoint = False
     if isinstance(content, nn.Module):
         # Converting traces the module with a forward pass: keep torch's thread pool unstarted.
-        with _one_thread():
+        with one_thread():
             module = _convert_user_module(content, label, dataset, shape, classes)
         spec, arch_name = module.spec, "custom"
     elif isinstance(content, Mapping) and "spec" in content and "state_dict" in content:
