@@ -182,14 +182,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
         if stage == "final":
             continue
         env_id = ns.env if stage == "search" else stage_env(ns.env, stage)
-        kwargs = {"device": ns.device, **env_kwargs}
+        kwargs = dict(env_kwargs)
         if stage == "shrink":
             kwargs.update(shrink_kwargs)
             kwargs.pop("start_from", None)  # the pipeline passes stage 1's result
         try:
-            task, _ = task_for(env_id, kwargs)
-            if not ns.ray_address:
-                task.check_device()
+            search_task(env_id, kwargs, device=ns.device, ray_address=ns.ray_address)
         except TaskError as error:
             flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
             parser.error(f"{env_id} ({flag} / --device): {error}")
@@ -385,20 +383,32 @@ def main(argv: list[str] | None = None) -> int:
     return run_search(args, console)
 
 
-def search_task(args: Args, run_dir: Path) -> tuple[Task, dict[str, Any]]:
-    """The search's task (its cache in the run directory unless given) and env options.
+def search_task(
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    *,
+    device: str,
+    ray_address: str | None,
+    run_dir: Path | None = None,
+) -> tuple[Task, dict[str, Any]]:
+    """A search's task and env options, checked (the device here unless Ray places it).
+
+    Args:
+        env_id: the environment.
+        env_kwargs: --env-kwargs (they win over --device).
+        device: --device.
+        ray_address: --ray-address; a Ray cluster checks its own devices.
+        run_dir: the run directory, home of the run's cache unless env_kwargs name one.
 
     Raises:
         TaskError: a bad --env-kwargs value or --device (one line).
     """
-    # A per-run reward cache: a student the agent proposes again costs nothing the second time.
-    env_kwargs = {
-        "device": args.device,
-        "cache_path": str(run_dir / "rewards.sqlite"),
-        **args.env_kwargs,
-    }
-    task, options = task_for(args.env, env_kwargs)
-    if not args.ray_address:
+    defaults: dict[str, Any] = {"device": device}
+    if run_dir is not None:
+        # A per-run cache: a student the agent proposes again costs nothing the second time.
+        defaults["cache_path"] = str(run_dir / "rewards.sqlite")
+    task, options = task_for(env_id, {**defaults, **env_kwargs})
+    if not ray_address:
         task.check_device()
     return task, options
 
@@ -426,7 +436,13 @@ def run_search(args: Args, console: Console) -> int:
     if (run_dir / CONFIG_FILE).exists() and not args.resume:
         return fail(f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR")
     try:
-        task, options = search_task(args, run_dir)
+        task, options = search_task(
+            args.env,
+            args.env_kwargs,
+            device=args.device,
+            ray_address=args.ray_address,
+            run_dir=run_dir,
+        )
         # Only the episode length is needed: the proxy builds nothing.
         probe = gym.make(args.env, **task.replace(measurer="proxy").to_dict(), **options)
     except (TaskError, EnvConfigError) as error:
