@@ -40,12 +40,28 @@ from n2n_gym.measure import DistillationMeasurer
 from n2n_gym.teachers import load_teacher
 
 # Alternative short fidelities compared with --candidates (the default is always included).
+# All see 8,192 images once (the default's cost) but for "4k-x2"; they vary what the issue of
+# choosing a default fidelity names: learning rate, schedule, transfer size and epochs.
 CANDIDATES: dict[str, DistillConfig] = {
-    "2k-x1": DistillConfig(transfer_size=2048, epochs=1),
-    "4k-x1": DistillConfig(transfer_size=4096, epochs=1),
-    "16k-x1": DistillConfig(transfer_size=16384, epochs=1),
-    "8k-x1-lr2e-3": DistillConfig(transfer_size=8192, epochs=1, lr=2e-3),
+    "lr2e-3": DistillConfig(lr=2e-3),
+    "lr1e-3-cos": DistillConfig(lr=1e-3, lr_schedule="cosine"),
+    "lr2e-3-cos": DistillConfig(lr=2e-3, lr_schedule="cosine"),
+    "lr4e-3-cos": DistillConfig(lr=4e-3, lr_schedule="cosine"),
+    "4k-x2-lr2e-3-cos": DistillConfig(transfer_size=4096, epochs=2, lr=2e-3, lr_schedule="cosine"),
+    "b128-lr4e-3-cos": DistillConfig(batch_size=128, lr=4e-3, lr_schedule="cosine"),
+    "lr2e-3-cos-hard": DistillConfig(lr=2e-3, lr_schedule="cosine", hard_label_weight=0.5),
 }
+# The pipeline's final-training recipe (finalize.FINAL_TRAINING) for 2 epochs over the whole
+# training split: what a chosen student becomes, which is what a reward should rank by.
+FINAL_STYLE = DistillConfig(
+    transfer_size=None,
+    epochs=2,
+    batch_size=128,
+    lr=2e-3,
+    hard_label_weight=0.5,
+    lr_schedule="cosine",
+    eval_size=None,
+)
 
 
 @dataclass
@@ -65,7 +81,11 @@ class Args:
     long_device: str | None = None
     """device for the long distillations; None: the same as --device"""
     long: str | None = None
-    """a FIDELITY_PRESETS name for the long distillation instead of --factor (e.g. "paper")"""
+    """the long distillation instead of --factor: a FIDELITY_PRESETS name or "final" (the final
+    training recipe for 2 epochs over the whole training split)"""
+    joint: bool = False
+    """joint students (every removable unit removed, halved or kept, uniformly) instead of removal
+    students"""
     seed: int = 0
     """seeds the choice of students"""
     inherit_weights: bool = True
@@ -84,7 +104,8 @@ def parse_args() -> Args:
     parser.add_argument("--arch", default=None)
     parser.add_argument("--device", default=Args.device)
     parser.add_argument("--long-device", default=None)
-    parser.add_argument("--long", default=None, choices=sorted(FIDELITY_PRESETS))
+    parser.add_argument("--long", default=None, choices=[*sorted(FIDELITY_PRESETS), "final"])
+    parser.add_argument("--joint", action="store_true")
     parser.add_argument("--seed", type=int, default=Args.seed)
     parser.add_argument("--no-inherit", dest="inherit_weights", action="store_false")
     parser.add_argument("--candidates", action="store_true")
@@ -118,6 +139,24 @@ def random_removal_students(teacher_spec, count: int, seed: int) -> list[Student
     return random.Random(seed).sample(list(distinct.values()), count)
 
 
+def random_joint_students(teacher_spec, count: int, seed: int) -> list[StudentDescription]:
+    """``count`` distinct valid joint students: each removable unit removed, halved or kept."""
+    rules = unit_rules(teacher_spec)
+    rng = random.Random(seed)
+    students: dict[str, StudentDescription] = {}
+    while len(students) < count:
+        ratios = tuple(rng.choice((0.0, 0.5, 1.0)) if rule.removable else 1.0 for rule in rules)
+        if all(r == 1.0 for r in ratios):
+            continue
+        student = StudentDescription(teacher_spec, ratios)
+        try:
+            student.plan()
+        except InvalidArchitecture:
+            continue
+        students.setdefault(student.key, student)
+    return list(students.values())
+
+
 def long_config(short: DistillConfig, factor: float, train_images: int) -> DistillConfig:
     """The whole training split for enough epochs to see ``factor`` × the short run's images."""
     short_images = min(short.transfer_size or train_images, train_images) * short.epochs
@@ -135,7 +174,9 @@ def main() -> None:
     shorts = {"default": default}
     if args.candidates:
         shorts.update(CANDIDATES)
-    if args.long:
+    if args.long == "final":
+        long = FINAL_STYLE
+    elif args.long:
         long = replace(FIDELITY_PRESETS[args.long], eval_size=None)
     else:
         long = long_config(default, args.factor, len(data.train_y))
@@ -152,11 +193,13 @@ def main() -> None:
     }
     long_measurer = measurer(long, args.long_device or args.device)
     long_evaluator = Evaluator(long_measurer)
-    students = random_removal_students(teacher.spec, args.students, args.seed)
+    sample = random_joint_students if args.joint else random_removal_students
+    students = sample(teacher.spec, args.students, args.seed)
     rows = []
     started = time.perf_counter()
     for number, student in enumerate(students, 1):
         row = {"ratios": list(student.ratios), "removed": student.ratios.count(0.0)}
+        row["halved"] = student.ratios.count(0.5)
         for name, short_evaluator in short_evaluators.items():
             result = short_evaluator.evaluate(student)
             row[name] = {
@@ -172,6 +215,9 @@ def main() -> None:
         }
         row["params"] = result.params
         rows.append(row)
+        if args.out:  # so an interrupted study keeps what it measured
+            with open(f"{args.out}.partial.jsonl", "a") as partial:
+                partial.write(json.dumps(row) + "\n")
         console.print(
             f"[{number}/{len(students)}] removed {row['removed']} params {row['params']:>6}  "
             f"default acc {row['default']['accuracy']:.4f} ({row['default']['time']:.1f} s)  "

@@ -22,7 +22,7 @@ from n2n_gym.arch import StudentPlan
 __all__ = ["CACHE_FORMAT", "MeasurementCache", "json_digest", "measurement_key", "student_identity"]
 
 # Bump when the meaning of a cached measurement changes, so old entries are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def json_digest(data: Any) -> str:

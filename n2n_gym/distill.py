@@ -355,6 +355,7 @@ def distill(
     device: str | torch.device,
     labels: torch.Tensor | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> DistillStats:
     """Train ``student`` in place to reproduce the teacher's logits on ``inputs``.
 
@@ -373,6 +374,9 @@ def distill(
         on_epoch: called after every epoch with the epoch number (1-based) and its mean loss, the
             student in eval mode (e.g. to validate and keep the best weights); it may raise
             ``KeyboardInterrupt`` to stop early.
+        on_step: called after every optimiser step with the steps and images so far, the student
+            in train mode (e.g. to validate at points of the budget; it must leave the student's
+            weights, mode and the global random state as it found them).
 
     Returns:
         Step counts, losses and time.
@@ -431,6 +435,8 @@ def distill(
                 epoch_loss += loss.detach()
                 steps += 1
                 images += len(batch)
+                if on_step is not None:
+                    on_step(steps, images)
                 if steps == 1:
                     first_loss = loss.item()
                     _check_finite(first_loss, steps)

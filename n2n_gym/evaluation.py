@@ -47,6 +47,9 @@ class EvalResult:
         wall_time: seconds this call took (a cache hit is fast). Not deterministic: keep it out of
             anything compared between seeded runs (e.g. a Gymnasium ``info`` dict).
         cache_hit: whether the measurement came from the cache (or from a concurrent request).
+        seconds: what this evaluation cost the search: the measurement's recorded seconds (for a
+            table, the live wall-clock it stores), 0 on a cache hit. The simulated clock of a
+            table search is their sum.
         error: what went wrong, for people; ``None`` on success.
         error_type: the exception class name (e.g. ``"InvalidArchitecture"``); ``None`` on
             success.
@@ -62,6 +65,7 @@ class EvalResult:
     cache_hit: bool = False
     error: str | None = None
     error_type: str | None = None
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -244,6 +248,7 @@ class Evaluator:
             cache_hit=item.cache_hit,
             error=measurement.error,
             error_type=measurement.error_type,
+            seconds=0.0 if item.cache_hit else (measurement.seconds or 0.0),
         )
 
     def close(self) -> None:

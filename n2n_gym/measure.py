@@ -21,6 +21,7 @@ import copy
 import hashlib
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -87,6 +88,11 @@ class Measurement:
         flops: its multiply-accumulates per image; ``None`` for an invalid architecture.
         error: what went wrong, for people; ``None`` on success.
         error_type: the exception class name (e.g. ``"InvalidArchitecture"``).
+        seconds: wall-clock seconds the measurement cost (building, distilling, scoring; not the
+            extra validations of a learning curve); ``None`` when not measured.
+        curve: the learning curve, ``(images, seconds, accuracy)`` at evenly spaced points of the
+            transfer budget, the last one being the measurement itself; empty unless asked for
+            (``DistillationMeasurer(curve_points=)``).
     """
 
     accuracy: float | None
@@ -94,6 +100,8 @@ class Measurement:
     flops: int | None
     error: str | None = None
     error_type: str | None = None
+    seconds: float | None = None
+    curve: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -105,10 +113,17 @@ class Measurement:
         return self.error_type in _TRANSIENT_NAMES
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["curve"] = [list(point) for point in self.curve]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        data = dict(data)
+        data["curve"] = tuple(
+            (int(images), float(seconds), float(acc))
+            for images, seconds, acc in data.get("curve", ())
+        )
         return cls(**data)
 
 
@@ -192,6 +207,10 @@ class DistillationMeasurer(Measurer):
         inherit_weights: students start from the teacher's weights where shapes allow; otherwise
             they are re-initialised as in the paper.
         seed: seeds the re-initialised layers of each student.
+        curve_points: validation accuracy is also measured at this many evenly spaced points of
+            the transfer budget (the last is the measurement) and recorded as
+            :attr:`Measurement.curve`; 1: only at the end. The extra validations change neither
+            the training nor the final accuracy, and are not counted in ``seconds``.
     """
 
     def __init__(
@@ -203,7 +222,11 @@ class DistillationMeasurer(Measurer):
         device: str | torch.device = "auto",
         inherit_weights: bool = True,
         seed: int = 0,
+        curve_points: int = 1,
     ) -> None:
+        if isinstance(curve_points, bool) or not isinstance(curve_points, int) or curve_points < 1:
+            raise ValueError(f"curve_points={curve_points!r} must be a positive integer")
+        self.curve_points = curve_points
         self.teacher = teacher
         self.data = data
         self.distill_config = distill_config or DistillConfig()
@@ -293,23 +316,56 @@ class DistillationMeasurer(Measurer):
             InvalidArchitecture, DistillationDiverged, torch.OutOfMemoryError: see
                 :data:`EXPECTED_ERRORS`.
         """
+        plan, module, measured, _ = self._train(student)
+        return plan, module, measured
+
+    def _train(
+        self, student: StudentDescription
+    ) -> tuple[StudentPlan, torch.nn.Module, float, Measurement]:
         targets = self.targets
         x, y = self.eval_set
+        config = self.distill_config
+        start = time.perf_counter()
         plan, module = self.build(student)
+        steps_per_epoch = math.ceil(len(targets.inputs) / config.batch_size)
+        total = config.epochs * steps_per_epoch
+        probes = {round(total * k / self.curve_points) for k in range(1, self.curve_points)}
+        curve: list[tuple[int, float, float]] = []
+        probing = 0.0  # seconds spent on the curve's extra validations
+
+        def probe(steps: int, images: int) -> None:
+            nonlocal probing
+            if steps in probes:
+                began = time.perf_counter()
+                value = accuracy(module, x, y, config.eval_batch_size)
+                curve.append((images, began - start - probing, value))
+                probing += time.perf_counter() - began
+
         try:
             stats = distill(
                 module,
                 targets.logits,
                 targets.inputs,
-                self.distill_config,
+                config,
                 self.device,
                 labels=targets.labels,
+                on_step=probe if probes else None,
             )
-            measured = accuracy(module, x, y, self.distill_config.eval_batch_size)
+            measured = accuracy(module, x, y, config.eval_batch_size)
         except torch.OutOfMemoryError:
             del module
             torch.cuda.empty_cache()
             raise
+        seconds = time.perf_counter() - start - probing
+        if self.curve_points > 1:
+            curve.append((stats.images, seconds, measured))
+        measurement = Measurement(
+            accuracy=measured,
+            params=plan.spec.params,
+            flops=plan.spec.flops,
+            seconds=seconds,
+            curve=tuple(curve),
+        )
         logger.debug(
             "student %s: %d steps in %.2f s, loss %.4g -> %.4g, accuracy %.4f",
             student.key,
@@ -319,11 +375,10 @@ class DistillationMeasurer(Measurer):
             stats.final_loss,
             measured,
         )
-        return plan, module, measured
+        return plan, module, measured, measurement
 
     def measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
-        _, _, measured = self.train(student)
-        return Measurement(accuracy=measured, params=plan.spec.params, flops=plan.spec.flops)
+        return self._train(student)[3]
 
     def context(self) -> dict[str, Any]:
         return {
@@ -335,7 +390,7 @@ class DistillationMeasurer(Measurer):
             "seed": self.seed,
             # bf16 on CUDA and fp32 on CPU give (slightly) different accuracies.
             "device": self.device.type,
-        }
+        } | ({"curve_points": self.curve_points} if self.curve_points > 1 else {})
 
     def _fingerprint_data(self) -> str:
         """A hash of exactly the images and labels a measurement depends on."""

@@ -40,13 +40,14 @@ if TYPE_CHECKING:
     from n2n_gym.arch import NetworkSpec
     from n2n_gym.evaluation import Evaluator
     from n2n_gym.measure import Measurer
+    from n2n_gym.table import Table
 
 __all__ = ["MEASURERS", "Task", "TaskError", "closest", "unknown_keys_error"]
 
 logger = logging.getLogger(__name__)
 
-MEASURERS = ("distill", "proxy")
-MeasurerName = Literal["distill", "proxy"]
+MEASURERS = ("distill", "proxy", "table")
+MeasurerName = Literal["distill", "proxy", "table"]
 
 
 class TaskError(ValueError):
@@ -179,8 +180,15 @@ class Task:
         split_seed: seeds that hold-out (0 is the split teachers are trained without).
         fidelity: how much distillation one measurement gets.
         constraints: the reward's constraints and error reward.
-        measurer: ``"distill"`` (real distillation) or ``"proxy"`` (a cheap deterministic
-            stand-in for tests and debugging; needs no data).
+        measurer: ``"distill"`` (real distillation), ``"table"`` (the measurements of a table
+            built by :mod:`n2n_gym.tabulate`, in microseconds) or ``"proxy"`` (a cheap
+            deterministic stand-in for tests and debugging; needs no data).
+        table: the table file of ``measurer="table"``; ``None``: the one shipped for the teacher
+            and data set. It must have been measured for this task's teacher weights, data split
+            and fidelity.
+        curve_points: a live measurement also records validation accuracy at this many evenly
+            spaced points of the transfer budget (a learning curve, as tables store); 1: only
+            the final accuracy.
         device: where students are distilled: ``"auto"`` (CUDA when present), ``"cpu"``,
             ``"cuda"``, ``"cuda:N"``.
         cache_path: SQLite measurement cache shared by runs and processes; ``None``: no cache.
@@ -201,6 +209,8 @@ class Task:
     fidelity: DistillConfig = field(default_factory=lambda: FIDELITY_PRESETS["fast"])
     constraints: RewardConfig = field(default_factory=RewardConfig)
     measurer: MeasurerName = "distill"
+    table: str | None = None
+    curve_points: int = 1
     device: str = "auto"
     cache_path: str | None = None
     inherit_weights: bool = True
@@ -216,6 +226,8 @@ class Task:
             object.__setattr__(self, "data_dir", _absolute(os.fspath(self.data_dir)))
         if self.cache_path is not None:
             object.__setattr__(self, "cache_path", _absolute(os.fspath(self.cache_path)))
+        if self.table is not None:
+            object.__setattr__(self, "table", _absolute(os.fspath(self.table)))
         object.__setattr__(self, "fidelity", _fidelity(self.fidelity))
         object.__setattr__(
             self, "constraints", _config_from(RewardConfig, self.constraints, "constraints")
@@ -295,8 +307,8 @@ class Task:
     def _check(self) -> None:
         if self.measurer not in MEASURERS:
             raise TaskError(
-                f"evaluator={self.measurer!r}: use 'distill' (real distillation) or 'proxy' "
-                "(cheap stand-in)"
+                f"evaluator={self.measurer!r}: use 'distill' (real distillation), 'table' (a "
+                "measured table) or 'proxy' (cheap stand-in)"
             )
         if self.dataset not in DATASETS:
             guess = closest(str(self.dataset), list(DATASETS))
@@ -324,6 +336,10 @@ class Task:
                 f"fidelity eval_size={eval_size} exceeds val_size={self.val_size} validation "
                 "images: lower eval_size or raise val_size"
             )
+        if not _positive_int(self.curve_points):
+            raise TaskError(f"curve_points={self.curve_points!r} must be a positive integer")
+        if self.table is not None and self.measurer != "table":
+            raise TaskError(f"table={self.table!r} needs evaluator='table'")
         if not isinstance(self.device, str):
             raise TaskError(f"device={self.device!r}: pass auto, cpu or cuda[:N]")
         if self.device != "auto":
@@ -341,6 +357,8 @@ class Task:
                 f"{Path(self.cache_path) / 'rewards.sqlite'}"
             )
         self.teacher_info  # noqa: B018 (reads and checks the teacher file)
+        if self.measurer == "table":
+            self.load_table()  # exists, intact, and measured for this task
 
     def check_device(self) -> None:
         """Refuse a :attr:`device` this machine does not have (a Ray cluster checks its own).
@@ -417,14 +435,52 @@ class Task:
         except DataError as error:
             raise TaskError(str(error)) from None
 
+    @property
+    def table_path(self) -> Path:
+        """The table file of ``measurer="table"``: :attr:`table`, or the shipped one.
+
+        Raises:
+            TaskError: none is given and none is shipped for this teacher and data set.
+        """
+        from n2n_gym.table import shipped_table
+
+        if self.table is not None:
+            return Path(self.table)
+        shipped = shipped_table(self.teacher, self.dataset)
+        if shipped is None:
+            raise TaskError(
+                f"evaluator='table': no table is shipped for teacher={self.teacher!r} on "
+                f"{self.dataset!r}; build one with `python -m n2n_gym.tabulate` and pass "
+                "table=PATH"
+            )
+        return shipped
+
+    def load_table(self) -> Table:
+        """The measured table of ``measurer="table"``, checked against this task.
+
+        Raises:
+            TaskError: missing, corrupt, or measured for other teacher weights, data or fidelity.
+        """
+        from n2n_gym.table import TableError, load_table
+
+        try:
+            table = load_table(self.table_path)
+            table.check_task(self, self.load_teacher().fingerprint)
+        except TableError as error:
+            raise TaskError(str(error)) from None
+        return table
+
     def build_measurer(self, teacher: Teacher | None = None) -> Measurer:
-        """The measurer this task describes: distillation, or the proxy.
+        """The measurer this task describes: distillation, a table, or the proxy.
 
         Args:
             teacher: the loaded teacher, if the caller has it (otherwise it is loaded).
         """
         from n2n_gym.measure import DistillationMeasurer, ProxyMeasurer
+        from n2n_gym.table import TableMeasurer
 
+        if self.measurer == "table":
+            return TableMeasurer(self.load_table())
         if self.measurer == "proxy":
             info = self.teacher_info
             return ProxyMeasurer(info.spec, teacher_accuracy=info.val_accuracy or 0.99)
@@ -435,13 +491,18 @@ class Task:
             device=self.device,
             inherit_weights=self.inherit_weights,
             seed=self.eval_seed,
+            curve_points=self.curve_points,
         )
 
     def open_cache(self) -> MeasurementCache | None:
         """The measurement cache at :attr:`cache_path`, or ``None``.
 
-        The proxy is instant, so it is not cached: a database would only slow it down.
+        The proxy is instant, so it is not cached: a database would only slow it down. A table is
+        its own cache; it gets a private in-memory one, so that a repeated student is a cache hit
+        that costs no simulated time.
         """
+        if self.measurer == "table":
+            return MeasurementCache(":memory:")
         if self.cache_path is None or self.measurer != "distill":
             return None
         return MeasurementCache(self.cache_path)

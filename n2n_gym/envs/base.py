@@ -100,7 +100,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             task_kwargs["evaluator"] = evaluator
         elif evaluator is not None and not isinstance(evaluator, Evaluator):
             raise EnvConfigError(
-                f"evaluator={evaluator!r}: pass 'distill', 'proxy' or an n2n_gym Evaluator"
+                f"evaluator={evaluator!r}: pass 'distill', 'table', 'proxy' or an n2n_gym Evaluator"
             )
         try:
             self.task = Task.from_kwargs(
@@ -133,8 +133,12 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             )
         self.max_units = max_units
         self._descriptors = unit_descriptors(self.base.plan().spec)
-        self._allowed = self._allowed_actions()
         self.action_space = self._action_space()
+        self._allowed = self._allowed_actions()
+        self._table = self.task.load_table() if self.task.measurer == "table" else None
+        if self._table is not None:
+            self._allowed &= self._on_grid()
+        self._optimum: dict[Any, float] = {}
         self.observation_space = spaces.Dict(
             {
                 "unit": spaces.Box(0.0, 1.5, (DESCRIPTOR_SIZE,), np.float32),
@@ -170,6 +174,35 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     def _allowed_actions(self) -> np.ndarray:
         """Boolean ``(num_steps, n_actions)`` table of the actions each step allows."""
         raise NotImplementedError
+
+    def _on_grid(self) -> np.ndarray:
+        """Which actions lead to a student of the table's grid (the others are masked)."""
+        grid = self._table.grid
+        allowed = np.zeros_like(self._allowed)
+        for step, unit in enumerate(self.active_units):
+            for action in range(self.action_space.n):
+                ratio = round(self.base.ratios[unit] * self._ratio(action), 4)
+                allowed[step, action] = ratio in grid.choices[unit]
+            if not allowed[step, self._keep_action]:
+                raise EnvConfigError(
+                    f"the starting network's unit {unit} (ratio {self.base.ratios[unit]}) is not "
+                    f"on the grid of table {self._table.name!r}: start from one of its students"
+                )
+        return allowed
+
+    def table_optimum(self) -> float | None:
+        """The table's best reward under the current reward settings (``None`` off a table)."""
+        if self._table is None:
+            return None
+        config = self.evaluator.reward_config
+        progress = self.anneal_progress
+        key = (
+            config,
+            None if config.constraint_mode == "hard" else min(progress, config.anneal_steps),
+        )
+        if key not in self._optimum:
+            self._optimum[key] = self._table.optimum(config, key[1])[0]
+        return self._optimum[key]
 
     # ---- the evaluator and annealing progress -------------------------------------------------
     def set_search_evaluations(self, count: int) -> None:
@@ -303,7 +336,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "error_type": result.error_type,
             "masked_actions": self._masked_actions,
             "wall_time": result.wall_time,
-        }
+            "eval_seconds": result.seconds,
+        } | ({"table_optimum": self.table_optimum()} if self._table is not None else {})
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

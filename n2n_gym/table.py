@@ -1,0 +1,464 @@
+"""Measured tables: every student of a grid measured once by the live evaluator, queried in microseconds.
+
+A table file holds, for each student of a :class:`~n2n_gym.grid.Grid`, what the live
+:class:`~n2n_gym.measure.DistillationMeasurer` measured — accuracy, parameters, FLOPs, the
+wall-clock seconds it cost, a learning curve, or the error it failed with — plus its CPU latency
+and, for a sample, the accuracy a second seed gave. The file is gzipped JSON (data, never
+unpickled), carries the fingerprint of the teacher, data split and fidelity it was measured
+with, and a checksum of its rows.
+
+:class:`TableMeasurer` answers from a table behind the same :class:`~n2n_gym.measure.Measurer`
+interface as live distillation, so the evaluator computes rewards from stored measurements with
+the same reward code, and constraints and reward settings still apply.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from n2n_gym.arch import NetworkSpec, StudentDescription, StudentPlan
+from n2n_gym.cache import json_digest, student_identity
+from n2n_gym.grid import Grid
+from n2n_gym.measure import Measurement, Measurer
+from n2n_gym.reward import RewardConfig, compute_reward
+
+if TYPE_CHECKING:
+    from n2n_gym.task import Task
+
+__all__ = [
+    "SHIPPED_TABLES",
+    "TABLE_FORMAT",
+    "TABLE_VERSION",
+    "OffGridStudent",
+    "Table",
+    "TableError",
+    "TableMeasurer",
+    "TableRow",
+    "load_table",
+    "shipped_table",
+    "world_fingerprint",
+]
+
+TABLE_FORMAT = "n2n-gym-table"
+TABLE_VERSION = 1
+TABLES_DIR = Path(__file__).parent / "tables"
+# (teacher, dataset) -> the table shipped for it.
+SHIPPED_TABLES = {("default", "mnist"): "small_vgg-mnist-joint.json.gz"}
+# What a task must agree on with a table for the table to stand for its live measurements.
+WORLD_FIELDS = ("dataset", "val_size", "split_seed", "fidelity", "inherit_weights", "eval_seed")
+
+
+class TableError(ValueError):
+    """A table that cannot be used: missing, corrupt, or measured for another task."""
+
+
+class OffGridStudent(KeyError):
+    """A student the table has no row for (table envs mask these; see the grid)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def world_fingerprint(task: Task, teacher_fingerprint: str) -> str:
+    """What determines a measurement besides the student: teacher weights, data split, fidelity."""
+    data = task.to_dict()
+    return json_digest(
+        {"teacher": teacher_fingerprint, **{name: data[name] for name in WORLD_FIELDS}}
+    )[:16]
+
+
+def student_key(plan: StudentPlan) -> str:
+    """The row key of a student: the digest of its identity, as the measurement cache keys it."""
+    return json_digest(student_identity(plan))
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One student of the table.
+
+    Attributes:
+        key: :func:`student_key` of the student.
+        ratios: its decisions.
+        measurement: what the live evaluator measured (with seconds and learning curve).
+        latency_ms: CPU latency of one image, milliseconds (one thread, measured alone);
+            ``None`` for an invalid student.
+        repeat: the accuracy a second seed gave (``{"seed": s, "accuracy": a}``), for a sample.
+    """
+
+    key: str
+    ratios: tuple[float, ...]
+    measurement: Measurement
+    latency_ms: float | None = None
+    repeat: dict[str, Any] | None = None
+
+    def to_list(self) -> list[Any]:
+        m = self.measurement
+        return [
+            self.key,
+            list(self.ratios),
+            m.accuracy,
+            m.params,
+            m.flops,
+            m.seconds,
+            [list(point) for point in m.curve],
+            m.error_type,
+            m.error,
+            self.latency_ms,
+            self.repeat,
+        ]
+
+    @classmethod
+    def from_list(cls, values: list[Any]) -> TableRow:
+        key, ratios, acc, params, flops, seconds, curve, error_type, error, latency, repeat = values
+        measurement = Measurement.from_dict(
+            {
+                "accuracy": acc,
+                "params": params,
+                "flops": flops,
+                "seconds": seconds,
+                "curve": curve,
+                "error_type": error_type,
+                "error": error,
+            }
+        )
+        return cls(key, tuple(ratios), measurement, latency, repeat)
+
+
+COLUMNS = (
+    "key",
+    "ratios",
+    "accuracy",
+    "params",
+    "flops",
+    "seconds",
+    "curve",
+    "error_type",
+    "error",
+    "latency_ms",
+    "repeat",
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A measured grid.
+
+    Attributes:
+        name: a short name (the file's stem).
+        teacher: the teacher's architecture.
+        teacher_accuracy: its validation accuracy, measured the way the students were.
+        teacher_fingerprint: its weights' fingerprint.
+        world: :func:`world_fingerprint` of the task the table was measured for.
+        task: that task's fields (for people, and to rebuild rows live).
+        context: the live measurer's context (its cache key ingredients, data digest included).
+        grid: the students' choices.
+        rows: by :func:`student_key`.
+        build: how it was built (seconds, workers, host, versions).
+    """
+
+    name: str
+    teacher: NetworkSpec
+    teacher_accuracy: float
+    teacher_fingerprint: str
+    world: str
+    task: dict[str, Any]
+    context: dict[str, Any]
+    grid: Grid
+    rows: dict[str, TableRow]
+    build: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @functools.cached_property
+    def by_ratios(self) -> dict[tuple[float, ...], TableRow]:
+        return {row.ratios: row for row in self.rows.values()}
+
+    # ---- files ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        rows = [row.to_list() for row in self.rows.values()]
+        return {
+            "format": TABLE_FORMAT,
+            "version": TABLE_VERSION,
+            "name": self.name,
+            "teacher": {
+                "spec": self.teacher.to_dict(),
+                "accuracy": self.teacher_accuracy,
+                "fingerprint": self.teacher_fingerprint,
+            },
+            "world": self.world,
+            "task": self.task,
+            "context": self.context,
+            "grid": self.grid.to_dict(),
+            "build": self.build,
+            "columns": list(COLUMNS),
+            "rows": rows,
+            "sha256": json_digest(rows),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the gzipped JSON file atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        # mtime=0: the same table gives the same bytes.
+        with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            out.write(text.encode())
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "table") -> Table:
+        if data.get("format") != TABLE_FORMAT:
+            raise TableError(f"{where} is not an n2n-gym table (format {data.get('format')!r})")
+        if data.get("version") != TABLE_VERSION:
+            raise TableError(
+                f"{where} has table version {data.get('version')!r}; this n2n-gym reads version "
+                f"{TABLE_VERSION}: rebuild it with `python -m n2n_gym.tabulate`"
+            )
+        try:
+            if list(data["columns"]) != list(COLUMNS):
+                raise TableError(f"{where} has columns {data['columns']}, expected {list(COLUMNS)}")
+            if json_digest(data["rows"]) != data["sha256"]:
+                raise TableError(f"{where} is corrupt (its rows do not match their checksum)")
+            teacher = NetworkSpec.from_dict(data["teacher"]["spec"])
+            rows = [TableRow.from_list(values) for values in data["rows"]]
+            return cls(
+                name=data["name"],
+                teacher=teacher,
+                teacher_accuracy=float(data["teacher"]["accuracy"]),
+                teacher_fingerprint=data["teacher"]["fingerprint"],
+                world=data["world"],
+                task=dict(data["task"]),
+                context=dict(data["context"]),
+                grid=Grid.from_dict(teacher, data["grid"]),
+                rows={row.key: row for row in rows},
+                build=dict(data["build"]),
+            )
+        except TableError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise TableError(f"{where} is malformed ({type(error).__name__}: {error})") from None
+
+    # ---- queries ----------------------------------------------------------------------------
+    def row(self, plan: StudentPlan, student: StudentDescription) -> TableRow:
+        """The row of a student.
+
+        Raises:
+            OffGridStudent: the table has no such student.
+        """
+        row = self.by_ratios.get(student.ratios) or self.rows.get(student_key(plan))
+        if row is None:
+            raise OffGridStudent(
+                f"student with ratios {list(student.ratios)} is not in table {self.name!r}; its "
+                f"grid allows {[list(unit) for unit in self.grid.choices]} per unit"
+            )
+        return row
+
+    def rewards(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> dict[str, float]:
+        """Every row's reward under ``reward_config`` (errors get ``reward_on_error``)."""
+        config = reward_config or RewardConfig()
+        rewards = {}
+        for key, row in self.rows.items():
+            m = row.measurement
+            if m.ok:
+                rewards[key] = compute_reward(
+                    m.accuracy,
+                    self.teacher_accuracy,
+                    m.params,
+                    self.teacher.params,
+                    m.flops,
+                    config,
+                    progress,
+                ).reward
+            else:
+                rewards[key] = config.reward_on_error
+        return rewards
+
+    def optimum(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> tuple[float, TableRow]:
+        """The best reward in the table under these reward settings, and its row."""
+        rewards = self.rewards(reward_config, progress)
+        key = max(rewards, key=lambda k: (rewards[k], k))
+        return rewards[key], self.rows[key]
+
+    def difficulty(
+        self, reward_config: RewardConfig | None = None, budget: int = 500
+    ) -> dict[str, Any]:
+        """How hard the table is for a search: the optimum, near-optimal counts, random search.
+
+        Random search is taken to draw distinct students uniformly: with ``k`` of ``n`` students
+        at or above a threshold, it needs ``(n + 1) / (k + 1)`` evaluations on average to reach
+        it, and reaches it within ``budget`` with probability ``1 − C(n−k, b) / C(n, b)``.
+        """
+        rewards = self.rewards(reward_config)
+        values = sorted(rewards.values(), reverse=True)
+        best, best_row = self.optimum(reward_config)
+        n = len(values)
+
+        def reach(threshold: float) -> dict[str, float]:
+            k = sum(v >= threshold for v in values)
+            b = min(budget, n)
+            miss = (
+                math.exp(
+                    math.lgamma(n - k + 1)
+                    - math.lgamma(n - k - b + 1)
+                    - math.lgamma(n + 1)
+                    + math.lgamma(n - b + 1)
+                )
+                if n - k >= b
+                else 0.0
+            )
+            return {
+                "students": k,
+                "expected_evaluations": (n + 1) / (k + 1),
+                "p_within_budget": 1 - miss,
+            }
+
+        ok = [row for row in self.rows.values() if row.measurement.ok]
+        return {
+            "students": n,
+            "errors": n - len(ok),
+            "optimum": best,
+            "optimum_student": list(best_row.ratios),
+            "optimum_accuracy": best_row.measurement.accuracy,
+            "optimum_params": best_row.measurement.params,
+            "within": {
+                f"{pct}%": sum(v >= best * (1 - pct / 100) for v in values) for pct in (0.5, 1, 2)
+            },
+            "reward_quantiles": {
+                q: values[min(n - 1, round((1 - q) * (n - 1)))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)
+            },
+            "reach_optimum": reach(best),
+            "reach_99": reach(0.99 * best),
+            "budget": budget,
+        }
+
+    def noise(self) -> dict[str, Any]:
+        """Agreement of the rows measured with a second seed: accuracy differences."""
+        pairs = [
+            (row.measurement.accuracy, row.repeat["accuracy"])
+            for row in self.rows.values()
+            if row.repeat and row.measurement.ok and row.repeat.get("accuracy") is not None
+        ]
+        if len(pairs) < 2:
+            return {"repeated": len(pairs)}
+        diffs = [a - b for a, b in pairs]
+        return {
+            "repeated": len(pairs),
+            "accuracy_diff_std": statistics.stdev(diffs),
+            # Two independent seeds: the std of one measurement is that of the difference / √2.
+            "accuracy_std": statistics.stdev(diffs) / math.sqrt(2),
+            "mean_abs_diff": statistics.fmean(abs(d) for d in diffs),
+        }
+
+    def check_task(self, task: Task, teacher_fingerprint: str) -> None:
+        """Refuse a task this table was not measured for.
+
+        Raises:
+            TableError: naming what differs.
+        """
+        if teacher_fingerprint != self.teacher_fingerprint:
+            raise TableError(
+                f"table {self.name!r} was measured for teacher weights {self.teacher_fingerprint}, "
+                f"but teacher={task.teacher!r} has {teacher_fingerprint}: build a table for it "
+                "with `python -m n2n_gym.tabulate --teacher ...`"
+            )
+        if world_fingerprint(task, teacher_fingerprint) != self.world:
+            mine = task.to_dict()
+            differ = []
+            for name in WORLD_FIELDS:
+                theirs, ours = self.task.get(name), mine[name]
+                if isinstance(ours, dict) and isinstance(theirs, dict):
+                    differ += [
+                        f"{name}.{k} (table {theirs.get(k)!r}, task {ours.get(k)!r})"
+                        for k in sorted(set(ours) | set(theirs))
+                        if ours.get(k) != theirs.get(k)
+                    ]
+                elif theirs != ours:
+                    differ.append(f"{name} (table {theirs!r}, task {ours!r})")
+            raise TableError(
+                f"table {self.name!r} was measured with other settings than this task: "
+                f"{'; '.join(differ) or 'unknown'}; use the table's settings or build a table "
+                "for yours with `python -m n2n_gym.tabulate`"
+            )
+
+
+def shipped_table(teacher: str, dataset: str) -> Path | None:
+    """The path of the table shipped for a teacher and data set, if there is one."""
+    name = SHIPPED_TABLES.get((teacher, dataset))
+    return TABLES_DIR / name if name else None
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, stamp: tuple[int, int]) -> Table:
+    try:
+        with gzip.open(path, "rt") as file:
+            data = json.load(file)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TableError(
+            f"table {path!r} is corrupt or truncated ({type(error).__name__}); rebuild it with "
+            "`python -m n2n_gym.tabulate`"
+        ) from None
+    if not isinstance(data, dict):
+        raise TableError(f"table {path!r} is not an n2n-gym table")
+    return Table.from_dict(data, where=f"table {path!r}")
+
+
+def load_table(path: str | os.PathLike[str]) -> Table:
+    """Read a table file (cached per process while the file is unchanged).
+
+    Raises:
+        TableError: the file is missing, truncated, corrupt or of another version (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(
+            f"table={str(path)!r}: no such file; build one with `python -m n2n_gym.tabulate`"
+        )
+    stat = path.stat()
+    return _read(str(path.resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
+class TableMeasurer(Measurer):
+    """Measurements from a table: what the live evaluator measured, in microseconds.
+
+    Args:
+        table: the measured grid.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    @property
+    def teacher_spec(self) -> NetworkSpec:
+        return self.table.teacher
+
+    @property
+    def teacher_accuracy(self) -> float:
+        return self.table.teacher_accuracy
+
+    def context(self) -> dict[str, Any]:
+        return {"kind": "table", "table": self.table.name, "world": self.table.world}
+
+    def measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
+        return self.table.row(plan, student).measurement
+
+    def measure_many(
+        self, items: Iterable[tuple[StudentPlan, StudentDescription]]
+    ) -> list[Measurement]:
+        # Off-grid students are a caller's bug (table envs mask them): raise, never score them.
+        return [self.measure(plan, student) for plan, student in items]
