@@ -14,8 +14,18 @@ __version__ = "0.1.0"
 _REMOVAL = "n2n_gym.envs.removal:LayerRemovalEnv"
 _SHRINK = "n2n_gym.envs.shrink:LayerShrinkEnv"
 
+_JOINT = "n2n_gym.envs.joint:LayerJointEnv"
+
 register(id="N2NRemoval-v0", entry_point=_REMOVAL)
 register(id="N2NShrink-v0", entry_point=_SHRINK)
+register(id="N2NJoint-v0", entry_point=_JOINT)
+
+# The same tasks answered from the shipped table (n2n_gym/tables): a step costs microseconds and
+# info["eval_seconds"] is the live cost the table recorded (the simulated clock).
+_TABLE = {"evaluator": "table"}
+register(id="N2NRemoval-Tab-v0", entry_point=_REMOVAL, kwargs=_TABLE)
+register(id="N2NShrink-Tab-v0", entry_point=_SHRINK, kwargs={**_TABLE, "ratios": (0.5, 1.0)})
+register(id="N2NJoint-Tab-v0", entry_point=_JOINT, kwargs=_TABLE)
 
 # The paper's teacher/data pairs. They ship without weights: make() says how to train one.
 _PAPER_SETTINGS = {

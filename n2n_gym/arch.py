@@ -15,11 +15,12 @@ layer kind means adding one entry there and one in ``surgery.KIND_SURGERY``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -101,8 +102,12 @@ class Layer:
 
     def to_dict(self) -> dict[str, Any]:
         """Only the fields that differ from their defaults, for readable JSON."""
-        defaults = {f.name: f.default for f in fields(Layer)}
-        return {k: v for k, v in asdict(self).items() if k == "kind" or v != defaults[k]}
+        out: dict[str, Any] = {"kind": self.kind}
+        for name, default in _layer_defaults():
+            value = getattr(self, name)
+            if value != default:
+                out[name] = value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Layer:
@@ -111,6 +116,11 @@ class Layer:
         if unknown:
             raise InvalidArchitecture(f"unknown layer field(s) {sorted(unknown)} in {data}")
         return cls(**data)
+
+
+@functools.cache
+def _layer_defaults() -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, f.default) for f in fields(Layer) if f.name != "kind")
 
 
 @dataclass(frozen=True)
@@ -198,8 +208,13 @@ class NetworkSpec:
             "name": self.name,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": [dict(layer) for layer in self._layer_dicts],
         }
+
+    @functools.cached_property
+    def _layer_dicts(self) -> tuple[dict[str, Any], ...]:
+        # Specs are immutable and serialised on every evaluation (keys, info dicts): once is enough.
+        return tuple(layer.to_dict() for layer in self.layers)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkSpec:
@@ -218,7 +233,7 @@ class NetworkSpec:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Hash of the architecture (the name does not count)."""
         data = self.to_dict()
@@ -677,7 +692,7 @@ class StudentDescription:
         object.__setattr__(self, "ratios", normalise_ratios(self.ratios, self.teacher.num_units))
 
     def plan(self) -> StudentPlan:
-        return derive_student(self.teacher, self.ratios)
+        return _plan(self.teacher, self.ratios)
 
     @property
     def key(self) -> str:
@@ -699,3 +714,9 @@ class StudentDescription:
     @classmethod
     def from_json(cls, text: str) -> StudentDescription:
         return cls.from_dict(json.loads(text))
+
+
+# Plans are immutable: a search that meets a student again (every table search does) reuses it.
+@functools.lru_cache(maxsize=8192)
+def _plan(teacher: NetworkSpec, ratios: tuple[float, ...]) -> StudentPlan:
+    return derive_student(teacher, ratios)

@@ -266,7 +266,12 @@ def _inherit_residual(
 
 
 def _renumber_flattened(kept: torch.Tensor, shape: TensorShape) -> torch.Tensor:
-    """Channel ``c`` of a ``C x H x W`` map becomes features ``c*H*W .. c*H*W + H*W - 1``."""
+    """Channel ``c`` of a ``C x H x W`` map becomes features ``c*H*W .. c*H*W + H*W - 1``.
+
+    Flattening features that are already flat (after a global pool) keeps their numbers.
+    """
+    if len(shape.dims) == 1:
+        return kept
     _, h, w = shape.dims
     return (kept[:, None] * (h * w) + torch.arange(h * w)[None, :]).flatten()
 

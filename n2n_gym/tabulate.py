@@ -122,7 +122,6 @@ class TableBuild:
 
     def manifest(self) -> dict[str, Any]:
         return {
-            "name": self.name,
             "task": self.task.to_dict() | {"cache_path": None},
             "grid": self.grid.to_dict(),
             "students": len(self.students),
@@ -364,6 +363,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--teacher-arch", default=None, help="zoo architecture of a plain state dict"
     )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept a whole pickled model as --teacher (runs code from the file)",
+    )
     parser.add_argument("--dataset", default="mnist", help="data set (default: mnist)")
     parser.add_argument("--data-dir", default=None, help="its folder (not needed for mnist)")
     parser.add_argument(
@@ -448,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         task = Task.from_kwargs(
             teacher=args.teacher,
             teacher_arch=args.teacher_arch,
+            allow_pickle=args.allow_pickle,
             dataset=args.dataset,
             data_dir=args.data_dir,
             **({"fidelity": fidelity} if fidelity else {}),
