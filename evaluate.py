@@ -1,6 +1,6 @@
 """Finish a compression search, or compare searches.
 
-    python evaluate.py runs/N2NRemoval-v0-reinforce-0                # train the best student fully
+    python evaluate.py runs/N2NRemoval-v1-reinforce-0                # train the best student fully
     python evaluate.py RUN_DIR --student policy                        # the trained agent's greedy pick
     python evaluate.py --compare runs/compare --out runs/comparison   # algorithms over seeds
 
@@ -93,7 +93,7 @@ def greedy_student(run_dir: Path) -> StudentDescription:
     # The proxy evaluator: only the decisions matter here, not a reward.
     env = gym.make(
         settings["env"],
-        **task.replace(measurer="proxy").to_dict(),
+        **task.replace(measurer="proxy", table=None).to_dict(),
         **settings.get("env_options", {}),
     )
     agent = cls.load(checkpoint, device="cpu")

@@ -192,6 +192,8 @@ class RunRecorder:
             "error",
             "error_type",
             "student",
+            "eval_seconds",
+            "table_optimum",
         )
         record = {
             "evaluation": self.evaluations + 1,

@@ -1,4 +1,4 @@
-"""N2NRemoval-v0: stage 1 of N2N, deciding layer by layer which units of the teacher to remove."""
+"""N2NRemoval-v1: stage 1 of N2N, deciding layer by layer which units of the teacher to remove."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class LayerRemovalEnv(CompressionEnv):
 
     ## Arguments
 
-    ``gymnasium.make("N2NRemoval-v0", **kwargs)``; every argument is a plain JSON-able value:
+    ``gymnasium.make("N2NRemoval-v1", **kwargs)``; every argument is a plain JSON-able value:
 
     - ``teacher="default"``: ``"default"`` (the bundled MNIST teacher), or a path to a checkpoint
       from ``python -m n2n_gym.teachers train``, to a state dict (with ``teacher_arch``), or to a
@@ -87,7 +87,9 @@ class LayerRemovalEnv(CompressionEnv):
 
     ## Version History
 
-    - v0: initial version.
+    - v1: the default fidelity learns at a higher rate, so short distillations rank students the
+      way long ones do (``bench/reward_fidelity.py``); rewards differ from v0's.
+    - v0: initial version (``fidelity={"lr": 5e-4, "lr_schedule": "constant"}``).
     """
 
     def _action_space(self) -> spaces.Discrete:
