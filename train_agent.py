@@ -444,7 +444,9 @@ def run_search(args: Args, console: Console) -> int:
             run_dir=run_dir,
         )
         # Only the episode length is needed: the proxy builds nothing.
-        probe = gym.make(args.env, **task.replace(measurer="proxy", table=None).to_dict(), **options)
+        probe = gym.make(
+            args.env, **task.replace(measurer="proxy", table=None).to_dict(), **options
+        )
     except (TaskError, EnvConfigError) as error:
         return fail(f"{args.env}: {error}")
     episode_length = probe.unwrapped.num_steps

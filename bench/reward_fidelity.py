@@ -40,23 +40,32 @@ from n2n_gym.measure import DistillationMeasurer
 from n2n_gym.teachers import load_teacher
 
 # Alternative short fidelities compared with --candidates (the default is always included).
+# The fidelity before this study (the paper's constant 5e-4): every candidate changes it in the
+# named ways only, so the names keep their meaning whatever the default becomes.
+BASELINE = DistillConfig(
+    transfer_size=8192, epochs=1, batch_size=64, lr=5e-4, lr_schedule="constant", eval_size=2000
+)
 # All see 8,192 images once (the default's cost) but for "4k-x2"; they vary what the issue of
 # choosing a default fidelity names: learning rate, schedule, transfer size and epochs.
 CANDIDATES: dict[str, DistillConfig] = {
-    "lr2e-3": DistillConfig(lr=2e-3),
-    "lr1e-3-cos": DistillConfig(lr=1e-3, lr_schedule="cosine"),
-    "lr2e-3-cos": DistillConfig(lr=2e-3, lr_schedule="cosine"),
-    "lr4e-3-cos": DistillConfig(lr=4e-3, lr_schedule="cosine"),
-    "4k-x2-lr2e-3-cos": DistillConfig(transfer_size=4096, epochs=2, lr=2e-3, lr_schedule="cosine"),
-    "b128-lr4e-3-cos": DistillConfig(batch_size=128, lr=4e-3, lr_schedule="cosine"),
-    "lr2e-3-cos-hard": DistillConfig(lr=2e-3, lr_schedule="cosine", hard_label_weight=0.5),
+    "lr2e-3": replace(BASELINE, lr=2e-3),
+    "lr1e-3-cos": replace(BASELINE, lr=1e-3, lr_schedule="cosine"),
+    "lr2e-3-cos": replace(BASELINE, lr=2e-3, lr_schedule="cosine"),
+    "lr4e-3-cos": replace(BASELINE, lr=4e-3, lr_schedule="cosine"),
+    "4k-x2-lr2e-3-cos": replace(
+        BASELINE, transfer_size=4096, epochs=2, lr=2e-3, lr_schedule="cosine"
+    ),
+    "b128-lr4e-3-cos": replace(BASELINE, batch_size=128, lr=4e-3, lr_schedule="cosine"),
+    "lr2e-3-cos-hard": replace(BASELINE, lr=2e-3, lr_schedule="cosine", hard_label_weight=0.5),
 }
-# A second round around the first round's winner (lr4e-3-cos), ranked with --reference.
+# A second round around the first round's findings (a higher rate learns more of the transfer set
+# in one pass; a constant rate beat a cosine decay at 2e-3), ranked with --reference.
 CANDIDATES_2: dict[str, DistillConfig] = {
-    "lr8e-3-cos": DistillConfig(lr=8e-3, lr_schedule="cosine"),
-    "lr6e-3-cos": DistillConfig(lr=6e-3, lr_schedule="cosine"),
-    "lr4e-3-cos-hard": DistillConfig(lr=4e-3, lr_schedule="cosine", hard_label_weight=0.5),
-    "b128-lr8e-3-cos": DistillConfig(batch_size=128, lr=8e-3, lr_schedule="cosine"),
+    "lr4e-3": replace(BASELINE, lr=4e-3),
+    "lr8e-3": replace(BASELINE, lr=8e-3),
+    "lr8e-3-cos": replace(BASELINE, lr=8e-3, lr_schedule="cosine"),
+    "lr4e-3-hard": replace(BASELINE, lr=4e-3, hard_label_weight=0.5),
+    "b128-lr8e-3": replace(BASELINE, batch_size=128, lr=8e-3),
 }
 # The pipeline's final-training recipe (finalize.FINAL_TRAINING) for 2 epochs over the whole
 # training split: what a chosen student becomes, which is what a reward should rank by.
@@ -182,7 +191,7 @@ def main() -> None:
     teacher = load_teacher(args.teacher, dataset="mnist", arch=args.arch, device="cpu")
     data = load_dataset("mnist")
     # The paper's constant 5e-4, this study's baseline (the default before the study).
-    default = DistillConfig(lr=5e-4, lr_schedule="constant")
+    default = BASELINE
     shorts = {"default": default}
     if args.candidates:
         shorts.update(CANDIDATES)

@@ -24,7 +24,7 @@ register(id="N2NShrink-v1", entry_point=_SHRINK)
 register(id="N2NJoint-v0", entry_point=_JOINT)
 # v0: the fidelity before it was settled by measurement (the paper's constant 5e-4), kept so
 # results measured with it can be reproduced.
-_V0 = {"fidelity": {"lr": 5e-4, "lr_schedule": "constant"}}
+_V0 = {"fidelity": {"lr": 5e-4}}
 register(id="N2NRemoval-v0", entry_point=_REMOVAL, kwargs=_V0)
 register(id="N2NShrink-v0", entry_point=_SHRINK, kwargs=_V0)
 

@@ -410,7 +410,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--build-dir",
         default=None,
-        help="shards, cache and latencies (default: OUT without .json.gz + .build)",
+        help="shards, cache and latencies (default: tables-build/NAME)",
     )
     parser.add_argument(
         "--stats",
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         grid = joint_grid(task.teacher_spec, args.ratios, shrink_fixed=args.shrink_fixed)
         out = Path(args.out) if args.out else _default_out(args)
         name = out.name.removesuffix(".gz").removesuffix(".json")
-        folder = Path(args.build_dir) if args.build_dir else out.with_name(name + ".build")
+        folder = Path(args.build_dir) if args.build_dir else Path("tables-build") / name
         build = TableBuild(
             task,
             grid,

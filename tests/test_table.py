@@ -66,7 +66,8 @@ def tiny(tmp_path_factory) -> dict:
     out = folder / "tiny.json.gz"
     argv = [
         "--teacher", str(teacher), "--allow-pickle", "--fidelity", json.dumps(FIDELITY),
-        "--workers", "1", "--shrink-fixed", "--repeat-fraction", "0.5", "--out", str(out),
+        "--workers", "1", "--shrink-fixed", "--repeat-fraction", "0.5",
+        "--build-dir", str(folder / "tiny.build"), "--out", str(out),
     ]  # fmt: skip
     assert tabulate.main(argv) == 0
     task = Task(teacher=str(teacher), allow_pickle=True, fidelity=FIDELITY, device="cpu")
@@ -136,7 +137,7 @@ def test_a_rerun_finds_the_table_built_and_a_killed_build_continues(tiny, tmp_pa
     shutil.copytree(build, copy)
     (copy / "shard-0000.jsonl").unlink()
     out = tmp_path / "copy.json.gz"
-    argv = [*tiny["argv"][:-2], "--out", str(out), "--build-dir", str(copy)]
+    argv = [*tiny["argv"][:-4], "--out", str(out), "--build-dir", str(copy)]
     assert tabulate.main(argv) == 0
     assert load_table(out).to_dict()["rows"] == load_table(tiny["out"]).to_dict()["rows"]
     # Other settings in the same folder are refused before anything runs.

@@ -97,7 +97,7 @@ class LayerShrinkEnv(CompressionEnv):
 
     - v1: the default fidelity learns at a higher rate, so short distillations rank students the
       way long ones do (``bench/reward_fidelity.py``); rewards differ from v0's.
-    - v0: initial version (``fidelity={"lr": 5e-4, "lr_schedule": "constant"}``).
+    - v0: initial version (``fidelity={"lr": 5e-4}``).
     """
 
     def __init__(
