@@ -163,31 +163,44 @@ class TableBuild:
 
     # ---- passes -----------------------------------------------------------------------------
     def measure(self, workers: int, ray_address: str | None, progress: Any = None) -> None:
-        """Passes 1 and 2: measure every shard not on disk, through the live evaluator."""
+        """Passes 1 and 2: measure every shard not on disk, through the live evaluator.
+
+        The repeated sample goes first, with both seeds, so that the noise between seeds — whether
+        the table can stand for live runs at all — is known after minutes, not at the end.
+        """
+        self._open()
+        repeats = [
+            (p, s) for p, s in self._shards("repeat", self.repeat_students) if not p.exists()
+        ]
+        shards = [(p, s) for p, s in self._shards("shard", self.students) if not p.exists()]
+        phases = []
+        if repeats:
+            sample = [student for _, shard in repeats for student in shard]
+            phases += [
+                (self.task, "sample", [(None, sample)]),
+                (self.repeat_task, "repeat", repeats),
+            ]
+        if shards:
+            phases.append((self.task, "shard", shards))
+        for task, phase, todo in phases:
+            self._measure(task, phase, todo, workers, ray_address, progress)
+
+    def _measure(self, task, phase, todo, workers, ray_address, progress) -> None:
         from n2n_gym.backends import make_backend
 
-        self._open()
-        for task, prefix, students in (
-            (self.task, "shard", self.students),
-            (self.repeat_task, "repeat", self.repeat_students),
-        ):
-            todo = [(p, s) for p, s in self._shards(prefix, students) if not p.exists()]
-            if not todo:
-                continue
-            resolved = task.resolved()
-            backend = make_backend(resolved, workers=workers, ray_address=ray_address)
-            evaluator = resolved.build_evaluator(backend)
-            try:
-                with ThreadPoolExecutor(max(1, backend.num_workers)) as threads:
-                    for path, shard in todo:
-                        results = []
-                        for result in threads.map(evaluator.evaluate, shard):
-                            results.append(result)
-                            if progress is not None:
-                                progress(prefix, result)
+        resolved = task.resolved()
+        backend = make_backend(resolved, workers=workers, ray_address=ray_address)
+        evaluator = resolved.build_evaluator(backend)
+        try:
+            with ThreadPoolExecutor(max(1, backend.num_workers)) as threads:
+                for path, shard in todo:
+                    for result in threads.map(evaluator.evaluate, shard):
+                        if progress is not None:
+                            progress(phase, result)
+                    if path is not None:
                         self._write_shard(path, shard, evaluator)
-            finally:
-                evaluator.close()
+        finally:
+            evaluator.close()
 
     def _write_shard(self, path: Path, shard: list, evaluator: Any) -> None:
         from n2n_gym.cache import measurement_key
@@ -486,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(phase: str, result: Any) -> None:
         if phase not in bars:
             total = {
+                "sample": pending["repeat"],
                 "shard": pending["measure"],
                 "repeat": pending["repeat"],
                 "latency": pending["latency"],
