@@ -203,6 +203,7 @@ class TableBuild:
             evaluator.close()
 
     def _write_shard(self, path: Path, shard: list, evaluator: Any) -> None:
+        from n2n_gym.arch import InvalidArchitecture
         from n2n_gym.cache import measurement_key
 
         records = []
@@ -211,7 +212,7 @@ class TableBuild:
             record: dict[str, Any] = {"ratios": list(student.ratios)}
             try:
                 plan = student.plan()
-            except Exception as error:  # an invalid grid point is a row too
+            except InvalidArchitecture as error:  # an invalid grid point is a row too
                 record.update(
                     key=None,
                     measurement={
@@ -278,37 +279,54 @@ class TableBuild:
         finally:
             torch.set_num_threads(threads)
 
-    def assemble(self, out: Path, build_seconds: float | None = None) -> Table:
-        """Pass 4: the table file from the finished passes."""
+    def assemble(
+        self, out: Path | None, build_seconds: float | None = None, partial: bool = False
+    ) -> Table:
+        """Pass 4: the table file from the finished passes.
+
+        Args:
+            out: where to write it (``None``: do not write).
+            build_seconds: wall-clock of the build, recorded in the table.
+            partial: a provisional table of what is measured so far (shards and the cache), for
+                a report while the build runs; never written.
+        """
+        from n2n_gym.measure import Measurement
+
         pending = self.pending()
-        if any(pending.values()):
+        if any(pending.values()) and not partial:
             raise TaskError(f"the build in {self.folder} is not finished: {pending} to go")
         latency = self._latencies()
         repeats = {}
         for path, _ in self._shards("repeat", self.repeat_students):
-            for record in _read_jsonl(path):
-                repeats[json.dumps(record["ratios"])] = record["measurement"]
+            if path.exists():
+                for record in _read_jsonl(path):
+                    repeats[json.dumps(record["ratios"])] = record["measurement"]
+        records = [
+            record
+            for path, _ in self._shards("shard", self.students)
+            if path.exists()
+            for record in _read_jsonl(path)
+        ]
+        if partial:
+            records += self._cached_records({json.dumps(r["ratios"]) for r in records})
         rows: dict[str, TableRow] = {}
-        from n2n_gym.measure import Measurement
-
-        for path, _ in self._shards("shard", self.students):
-            for record in _read_jsonl(path):
-                ratios_key = json.dumps(record["ratios"])
-                again = repeats.get(ratios_key)
-                row = TableRow(
-                    key=record["key"] or f"invalid:{ratios_key}",
-                    ratios=tuple(record["ratios"]),
-                    measurement=Measurement.from_dict(record["measurement"]),
-                    latency_ms=latency.get(ratios_key),
-                    repeat=None
-                    if again is None
-                    else {
-                        "seed": self.repeat_task.eval_seed,
-                        "accuracy": again["accuracy"],
-                        "seconds": again.get("seconds"),
-                    },
-                )
-                rows.setdefault(row.key, row)
+        for record in records:
+            ratios_key = json.dumps(record["ratios"])
+            again = repeats.get(ratios_key)
+            row = TableRow(
+                key=record["key"] or f"invalid:{ratios_key}",
+                ratios=tuple(record["ratios"]),
+                measurement=Measurement.from_dict(record["measurement"]),
+                latency_ms=latency.get(ratios_key),
+                repeat=None
+                if again is None
+                else {
+                    "seed": self.repeat_task.eval_seed,
+                    "accuracy": again["accuracy"],
+                    "seconds": again.get("seconds"),
+                },
+            )
+            rows.setdefault(row.key, row)
         teacher = self.task.load_teacher()
         measurer = self.task.build_measurer(teacher)
         task = self.task.resolved(teacher)
@@ -337,8 +355,35 @@ class TableBuild:
                 "created": time.strftime("%Y-%m-%d"),
             },
         )
-        table.save(out)
+        if out is not None and not partial:
+            table.save(out)
         return table
+
+    def _cached_records(self, skip: set[str]) -> list[dict[str, Any]]:
+        """Measurements of students not in a shard yet, from the build's cache."""
+        from n2n_gym.arch import InvalidArchitecture
+        from n2n_gym.cache import MeasurementCache, measurement_key
+
+        path = self.folder / "cache.sqlite"
+        if not path.exists():
+            return []
+        context = self.task.build_measurer().context()
+        records = []
+        with MeasurementCache(path) as cache:
+            for student in self.students:
+                if json.dumps(student.ratios) in skip:
+                    continue
+                try:
+                    plan = student.plan()
+                except InvalidArchitecture:  # no measurement to find
+                    continue
+                stored = cache.get(measurement_key(plan, context))
+                if stored is not None:
+                    key = student_key(plan)
+                    records.append(
+                        {"ratios": list(student.ratios), "key": key, "measurement": stored}
+                    )
+        return records
 
 
 def _torch_version() -> str:
@@ -428,7 +473,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--stats",
         action="store_true",
-        help="print the difficulty report of --table (or the shipped table) and exit",
+        help="print the difficulty report of --table (or the shipped table; with --build-dir: of "
+        "what that build has measured so far) and exit",
     )
     parser.add_argument("--table", default=None, help="the table --stats reports on")
     parser.add_argument(
@@ -446,7 +492,7 @@ def _default_out(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.stats:
+    if args.stats and not args.build_dir:
         return _stats(args)
     from rich.console import Console
     from tqdm import tqdm
@@ -487,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskError, ValueError, json.JSONDecodeError) as error:
         return fail(str(error))
     console = Console(stderr=True)
+    if args.stats:  # a provisional report on a build that may still run
+        table = build.assemble(None, partial=True)
+        wide = Console(width=200) if not sys.stdout.isatty() else Console()
+        wide.print(f"provisional: {len(table)} of {len(build.students)} students measured")
+        _print_stats(table, args.budget, wide)
+        return 0
     pending = build.pending()
     console.print(
         f"table {name}: {len(build.students)} students ({len(grid)} grid points), "
