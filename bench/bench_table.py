@@ -1,6 +1,7 @@
 """Table env vs live env: steps per second of the same random policy, in the same run.
 
     python bench/bench_table.py --live-episodes 4 --table-episodes 5000
+    python bench/bench_table.py --table my.json.gz --table-kwargs '{"fidelity": {...}}'
 
 Both use ``N2NJoint`` (the table id and its live twin) on the bundled teacher; the random policy
 samples allowed actions. The live env distils every new student (seconds per episode), the table
@@ -10,6 +11,7 @@ env looks its measurement up.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import gymnasium as gym
@@ -41,8 +43,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--live-episodes", type=int, default=4)
     parser.add_argument("--table-episodes", type=int, default=5000)
+    parser.add_argument("--table", default=None, help="another table than the shipped one")
+    parser.add_argument("--table-kwargs", default="{}", help="its task's make() arguments (JSON)")
     args = parser.parse_args()
-    table_env = gym.make("N2NJoint-Tab-v0")
+    extra = json.loads(args.table_kwargs) | ({"table": args.table} if args.table else {})
+    table_env = gym.make("N2NJoint-Tab-v0", **extra)
     live_env = gym.make("N2NJoint-v0", device="cpu")
     random_steps(table_env, 10, seed=1)  # loads the table
     random_steps(live_env, 1, seed=1)  # teacher logits and accuracy, computed once

@@ -329,7 +329,9 @@ class DistillationMeasurer(Measurer):
         plan, module = self.build(student)
         steps_per_epoch = math.ceil(len(targets.inputs) / config.batch_size)
         total = config.epochs * steps_per_epoch
+        # The last point is the measurement itself; tiny budgets get fewer distinct points.
         probes = {round(total * k / self.curve_points) for k in range(1, self.curve_points)}
+        probes &= set(range(1, total))
         curve: list[tuple[int, float, float]] = []
         probing = 0.0  # seconds spent on the curve's extra validations
 
