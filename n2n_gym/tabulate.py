@@ -100,9 +100,8 @@ class TableBuild:
             curve_points=curve_points,
             cache_path=str(self.folder / "cache.sqlite"),
         )
-        seed = repeat_seed
         self.repeat_task = self.task.replace(
-            eval_seed=seed, fidelity=replace(self.task.fidelity, seed=seed)
+            eval_seed=repeat_seed, fidelity=replace(self.task.fidelity, seed=repeat_seed)
         )
         self.students = list(grid.students())
         count = max(1, round(repeat_fraction * len(self.students))) if repeat_fraction > 0 else 0
