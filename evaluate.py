@@ -1,6 +1,6 @@
 """Finish a compression search, or compare searches.
 
-    python evaluate.py runs/N2NRemoval-v1-reinforce-0                # train the best student fully
+    python evaluate.py runs/N2NRemoval-v2-reinforce-0                # train the best student fully
     python evaluate.py RUN_DIR --student policy                        # the trained agent's greedy pick
     python evaluate.py --compare runs/compare --out runs/comparison   # algorithms over seeds
 

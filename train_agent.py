@@ -2,7 +2,7 @@
 
     python train_agent.py --algo reinforce                       # stage 1 on the bundled MNIST teacher
     python train_agent.py --algo ppo --budget 150 --seed 1
-    python train_agent.py --env N2NShrink-v1 --env-kwargs '{"start_from": "runs/N2NRemoval-v1-reinforce-0"}'
+    python train_agent.py --env N2NShrink-v2 --env-kwargs '{"start_from": "runs/N2NRemoval-v2-reinforce-0"}'
 
 Every algorithm gets the same budget of student evaluations (episodes). The run directory
 (``--out``, default ``runs/<env>-<algo>-<seed>``) receives ``config.json``, one line per evaluation
@@ -59,7 +59,7 @@ STAGES = ("removal", "shrink", "final")
 class Args:
     algo: str = "reinforce"
     """search algorithm: reinforce, ppo, a2c, recurrent_ppo, maskable_ppo or random"""
-    env: str = "N2NRemoval-v1"
+    env: str = "N2NRemoval-v2"
     """registered environment id"""
     budget: int = 100
     """student evaluations (episodes) to spend; cache hits count and are reported separately"""
@@ -148,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         try:
             stage_env(ns.env, stage)
         except ValueError as error:
-            parser.error(f"{error}; a pipeline starts from N2NRemoval-v1 or a paper removal id")
+            parser.error(f"{error}; a pipeline starts from N2NRemoval-v2 or a paper removal id")
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
     for name in ("budget", "n_envs", "checkpoint_every", "threads"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         if stages or not ns.env.startswith("N2NShrink"):
             parser.error(
                 "--start-from continues a removal run with a shrink search: use it with "
-                "--env N2NShrink-v1 (a pipeline passes it between its stages by itself)"
+                "--env N2NShrink-v2 (a pipeline passes it between its stages by itself)"
             )
         env_kwargs["start_from"] = ns.start_from
     final = _json_object(parser, "--final-kwargs", ns.final_kwargs)

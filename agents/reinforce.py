@@ -74,7 +74,7 @@ def observation_layout(observation_space: spaces.Space) -> tuple[int, int]:
     ):
         raise ValueError(
             f"the N2N controllers need a Dict observation with entries {list(required)} "
-            f"(the layout of N2NRemoval-v1 / N2NShrink-v1); got {observation_space}"
+            f"(the layout of N2NRemoval-v2 / N2NShrink-v2); got {observation_space}"
         )
     max_units = int(np.prod(observation_space["valid"].shape))
     sequence_size = int(np.prod(observation_space["sequence"].shape))

@@ -48,12 +48,12 @@ def main() -> None:
     args = parser.parse_args()
     extra = json.loads(args.table_kwargs) | ({"table": args.table} if args.table else {})
     table_env = gym.make("N2NJoint-Tab-v0", **extra)
-    live_env = gym.make("N2NJoint-v0", device="cpu")
+    live_env = gym.make("N2NJoint-v1", device="cpu")
     random_steps(table_env, 10, seed=1)  # loads the table
     random_steps(live_env, 1, seed=1)  # teacher logits and accuracy, computed once
     rows = {}
     for name, env, episodes in (
-        ("live N2NJoint-v0", live_env, args.live_episodes),
+        ("live N2NJoint-v1", live_env, args.live_episodes),
         ("table N2NJoint-Tab-v0", table_env, args.table_episodes),
     ):
         rows[name] = random_steps(env, episodes, seed=0)

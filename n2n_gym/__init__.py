@@ -2,8 +2,8 @@
 
 Importing the package registers the environments (and nothing else, so it stays light):
 
-- ``N2NRemoval-v1`` / ``N2NShrink-v1`` / ``N2NJoint-v0``: the bundled MNIST teacher, CPU-friendly
-  fidelity, offline (``-v0`` of the first two: the fidelity before it was settled).
+- ``N2NRemoval-v2`` / ``N2NShrink-v2`` / ``N2NJoint-v1``: the bundled MNIST teacher, CPU-friendly
+  fidelity, offline (earlier versions: earlier default fidelities, kept for reproduction).
 - ``N2NRemoval-Tab-v0`` / ``N2NShrink-Tab-v0`` / ``N2NJoint-Tab-v0``: the same answered from the
   shipped table of measurements, for benchmarking search algorithms.
 - ``N2NRemoval-<Teacher>-<DATA>-v0`` / ``N2NShrink-<Teacher>-<DATA>-v0``: the paper's settings
@@ -19,14 +19,18 @@ _SHRINK = "n2n_gym.envs.shrink:LayerShrinkEnv"
 
 _JOINT = "n2n_gym.envs.joint:LayerJointEnv"
 
-register(id="N2NRemoval-v1", entry_point=_REMOVAL)
-register(id="N2NShrink-v1", entry_point=_SHRINK)
-register(id="N2NJoint-v0", entry_point=_JOINT)
-# v0: the fidelity before it was settled by measurement (the paper's constant 5e-4), kept so
-# results measured with it can be reproduced.
-_V0 = {"fidelity": {"lr": 5e-4}}
-register(id="N2NRemoval-v0", entry_point=_REMOVAL, kwargs=_V0)
-register(id="N2NShrink-v0", entry_point=_SHRINK, kwargs=_V0)
+register(id="N2NRemoval-v2", entry_point=_REMOVAL)
+register(id="N2NShrink-v2", entry_point=_SHRINK)
+register(id="N2NJoint-v1", entry_point=_JOINT)
+# Earlier default fidelities (see DistillConfig), kept so results measured with them reproduce:
+# the paper's constant 5e-4 (Removal/Shrink v0), then a constant 4e-3 (Removal/Shrink v1, Joint v0).
+_PAPER_RATE = {"fidelity": {"lr": 5e-4, "lr_schedule": "constant"}}
+_CONSTANT_RATE = {"fidelity": {"lr": 4e-3, "lr_schedule": "constant"}}
+register(id="N2NRemoval-v0", entry_point=_REMOVAL, kwargs=_PAPER_RATE)
+register(id="N2NShrink-v0", entry_point=_SHRINK, kwargs=_PAPER_RATE)
+register(id="N2NRemoval-v1", entry_point=_REMOVAL, kwargs=_CONSTANT_RATE)
+register(id="N2NShrink-v1", entry_point=_SHRINK, kwargs=_CONSTANT_RATE)
+register(id="N2NJoint-v0", entry_point=_JOINT, kwargs=_CONSTANT_RATE)
 
 # The same tasks answered from the shipped table (n2n_gym/tables): a step costs microseconds and
 # info["eval_seconds"] is the live cost the table recorded (the simulated clock).

@@ -186,7 +186,7 @@ class SlowMeasurer(ProxyMeasurer):
 
 def play_one_episode(vec_cls, measurer: SlowMeasurer, n_envs: int = 3):
     evaluator = Evaluator(measurer)
-    make = lambda: gym.make("N2NRemoval-v1", evaluator=evaluator)  # noqa: E731
+    make = lambda: gym.make("N2NRemoval-v2", evaluator=evaluator)  # noqa: E731
     venv = vec_cls([make] * n_envs)
     venv.seed(0)
     venv.reset()

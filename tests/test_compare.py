@@ -22,7 +22,7 @@ from n2n_gym.compare import (
 )
 from n2n_gym.runs import CONFIG_FILE, RunRecorder
 
-ENV = "N2NRemoval-v1"
+ENV = "N2NRemoval-v2"
 TEACHER_PARAMS = 100_000
 FAILED = object()  # marks a failed evaluation in a reward list
 
@@ -166,12 +166,12 @@ def test_runs_are_cut_to_the_common_budget(tmp_path):
 def test_each_environment_has_its_own_target(tmp_path):
     root = tmp_path / "runs"
     make_run(root, "ppo", 0, [0.9, 0.8])
-    make_run(root, "ppo", 0, [0.1, 0.2], env="N2NShrink-v1")
+    make_run(root, "ppo", 0, [0.1, 0.2], env="N2NShrink-v2")
     comparison = compare_runs([root], tmp_path / "out")
     rows = {row["env"]: row for row in comparison.rows}
-    assert rows["N2NShrink-v1"]["target_reward"] == pytest.approx(0.19)
-    assert rows["N2NShrink-v1"]["reached"] == 1
-    assert rows["N2NShrink-v1"]["evals_to_target_mean"] == 2
+    assert rows["N2NShrink-v2"]["target_reward"] == pytest.approx(0.19)
+    assert rows["N2NShrink-v2"]["reached"] == 1
+    assert rows["N2NShrink-v2"]["evals_to_target_mean"] == 2
     # One panel per environment: both plots are twice as wide as a single environment's.
     single = compare_runs([root / f"{ENV}-ppo-0"], tmp_path / "single")
     for both, one in (

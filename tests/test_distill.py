@@ -58,10 +58,20 @@ def test_config_round_trips_through_json():
 
 def test_default_config_is_the_measured_one_and_paper_preset_the_papers():
     config = DistillConfig()
-    assert (config.lr, config.weight_decay, config.loss) == (4e-3, 5e-4, "mse")
+    assert (config.lr, config.lr_schedule, config.weight_decay, config.loss) == (
+        8e-3,
+        "cosine",
+        5e-4,
+        "mse",
+    )
     assert FIDELITY_PRESETS["fast"] == config
     paper = FIDELITY_PRESETS["paper"]
-    assert (paper.transfer_size, paper.epochs, paper.lr) == (None, 5, 5e-4)
+    assert (paper.transfer_size, paper.epochs, paper.lr, paper.lr_schedule) == (
+        None,
+        5,
+        5e-4,
+        "constant",
+    )
 
 
 @pytest.mark.parametrize(

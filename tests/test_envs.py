@@ -23,9 +23,12 @@ N2N_IDS = sorted(
 DEFAULT_TEACHER_IDS = (
     "N2NRemoval-v0",
     "N2NRemoval-v1",
+    "N2NRemoval-v2",
     "N2NShrink-v0",
     "N2NShrink-v1",
+    "N2NShrink-v2",
     "N2NJoint-v0",
+    "N2NJoint-v1",
 )
 PAPER_ARCH = {"ResNet18": "resnet18", "ResNet34": "resnet34", "VGG19": "vgg19"}
 DATA_SHAPES = {
@@ -74,7 +77,7 @@ def remove_every_other(env, obs):
 
 
 def test_ids_are_registered():
-    assert {"N2NRemoval-v1", "N2NShrink-v1", "N2NRemoval-ResNet18-CIFAR10-v0"} <= set(N2N_IDS)
+    assert {"N2NRemoval-v2", "N2NShrink-v2", "N2NRemoval-ResNet18-CIFAR10-v0"} <= set(N2N_IDS)
     assert n2n_gym.__version__
 
 
@@ -85,11 +88,27 @@ def test_gymnasium_and_sb3_checkers_pass(env_id, paper_teachers):
     sb3_check_env(make_cheap(env_id, paper_teachers).unwrapped, warn=True)
 
 
+@pytest.mark.parametrize(
+    ("env_id", "lr", "schedule"),
+    [
+        ("N2NRemoval-v2", 8e-3, "cosine"),
+        ("N2NJoint-v1", 8e-3, "cosine"),
+        ("N2NRemoval-v1", 4e-3, "constant"),
+        ("N2NShrink-v1", 4e-3, "constant"),
+        ("N2NJoint-v0", 4e-3, "constant"),
+        ("N2NRemoval-v0", 5e-4, "constant"),
+    ],
+)
+def test_each_version_keeps_the_fidelity_its_results_were_measured_with(env_id, lr, schedule):
+    fidelity = gym.make(env_id, evaluator="proxy").unwrapped.task.fidelity
+    assert (fidelity.lr, fidelity.lr_schedule, fidelity.transfer_size) == (lr, schedule, 8192)
+
+
 def test_make_string_entry_point_in_a_fresh_process():
     import subprocess
     import sys
 
-    code = "import gymnasium; e = gymnasium.make('n2n_gym:N2NRemoval-v1', evaluator='proxy'); print(e.reset(seed=0)[1]['num_units'])"
+    code = "import gymnasium; e = gymnasium.make('n2n_gym:N2NRemoval-v2', evaluator='proxy'); print(e.reset(seed=0)[1]['num_units'])"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
@@ -106,15 +125,15 @@ def test_paper_variants_without_a_teacher_say_what_to_provide(env_id):
 
 def test_bad_arguments_fail_at_make_with_the_fix():
     with pytest.raises(EnvConfigError, match="dataset='imagenet'"):
-        gym.make("N2NRemoval-v1", dataset="imagenet")
+        gym.make("N2NRemoval-v2", dataset="imagenet")
     with pytest.raises(EnvConfigError, match="fidelity: unknown key"):
-        gym.make("N2NRemoval-v1", fidelity={"epochz": 3})
+        gym.make("N2NRemoval-v2", fidelity={"epochz": 3})
     with pytest.raises(EnvConfigError, match="fidelity='turbo'"):
-        gym.make("N2NRemoval-v1", fidelity="turbo")
+        gym.make("N2NRemoval-v2", fidelity="turbo")
     with pytest.raises(EnvConfigError, match="ratios"):
-        gym.make("N2NShrink-v1", ratios=[0.5, 0.25])
+        gym.make("N2NShrink-v2", ratios=[0.5, 0.25])
     with pytest.raises(EnvConfigError, match="data_dir"):
-        gym.make("N2NRemoval-v1", dataset="cifar10", teacher="default")
+        gym.make("N2NRemoval-v2", dataset="cifar10", teacher="default")
 
 
 def test_removal_masks_for_vgg_and_resnet(paper_teachers):
@@ -135,7 +154,7 @@ def test_removal_masks_for_vgg_and_resnet(paper_teachers):
 
 
 def test_an_agent_that_ignores_masks_keeps_the_unit():
-    env = gym.make("N2NRemoval-v1", evaluator="proxy").unwrapped
+    env = gym.make("N2NRemoval-v2", evaluator="proxy").unwrapped
     env.reset(seed=0)
     assert not env.action_masks()[1]
     _, reward, terminated, truncated, info = env.step(1)  # remove the stem: forbidden
@@ -149,7 +168,7 @@ def test_an_agent_that_ignores_masks_keeps_the_unit():
 
 
 def test_observation_carries_sequence_position_and_decisions():
-    env = gym.make("N2NRemoval-v1", evaluator="proxy").unwrapped
+    env = gym.make("N2NRemoval-v2", evaluator="proxy").unwrapped
     obs, _ = env.reset(seed=0)
     assert obs["valid"].sum() == 9 and obs["position"][0] == 1
     sequence = obs["sequence"].reshape(32, -1)
@@ -163,7 +182,7 @@ def test_observation_carries_sequence_position_and_decisions():
 
 
 def test_ansi_render_shows_units_and_decisions():
-    env = gym.make("N2NRemoval-v1", evaluator="proxy", render_mode="ansi")
+    env = gym.make("N2NRemoval-v2", evaluator="proxy", render_mode="ansi")
     env.reset(seed=0)
     env.step(0)
     env.step(1)
@@ -172,7 +191,7 @@ def test_ansi_render_shows_units_and_decisions():
 
 
 def test_seeded_episodes_are_deterministic_and_env_pickles():
-    env = gym.make("N2NShrink-v1", evaluator="proxy")
+    env = gym.make("N2NShrink-v2", evaluator="proxy")
     rng = np.random.default_rng(0)
     actions = [int(a) for a in rng.integers(0, 10, size=9)]
 
@@ -188,7 +207,7 @@ def test_seeded_episodes_are_deterministic_and_env_pickles():
 
 def test_subproc_vec_env_runs_full_episodes():
     venv = SubprocVecEnv(
-        [lambda: gym.make("n2n_gym:N2NRemoval-v1", evaluator="proxy") for _ in range(2)]
+        [lambda: gym.make("n2n_gym:N2NRemoval-v2", evaluator="proxy") for _ in range(2)]
     )
     try:
         venv.reset()
@@ -206,12 +225,12 @@ def test_subproc_vec_env_runs_full_episodes():
 
 
 def test_stage_one_result_feeds_the_shrink_env(tmp_path):
-    removal = gym.make("N2NRemoval-v1", evaluator="proxy")
+    removal = gym.make("N2NRemoval-v2", evaluator="proxy")
     _, _, info = run_episode(removal, remove_every_other)
     (tmp_path / "best_student.json").write_text(
         json.dumps({"student": info["student"], "reward": 0.5})
     )
-    shrink = gym.make("N2NShrink-v1", evaluator="proxy", start_from=str(tmp_path))
+    shrink = gym.make("N2NShrink-v2", evaluator="proxy", start_from=str(tmp_path))
     kept = sum(r > 0 for r in info["student"]["ratios"])
     assert shrink.unwrapped.num_steps == kept < 9
     _, steps, shrunk = run_episode(shrink, lambda env, obs: 4)  # ratio 0.5 wherever allowed
@@ -222,11 +241,11 @@ def test_stage_one_result_feeds_the_shrink_env(tmp_path):
         r == 0 for r in info["student"]["ratios"]
     ]
     with pytest.raises(EnvConfigError, match="start_from"):
-        gym.make("N2NShrink-v1", evaluator="proxy", start_from=str(tmp_path / "missing"))
+        gym.make("N2NShrink-v2", evaluator="proxy", start_from=str(tmp_path / "missing"))
 
 
 @pytest.mark.expensive
-@pytest.mark.parametrize("env_id", ["N2NRemoval-v1", "N2NShrink-v1"])
+@pytest.mark.parametrize("env_id", ["N2NRemoval-v2", "N2NShrink-v2"])
 def test_real_distillation_episode_is_deterministic(env_id, tmp_path):
     policy = remove_every_other if "Removal" in env_id else (lambda env, obs: 6)
     env = gym.make(env_id, cache_path=str(tmp_path / "rewards.sqlite"))
@@ -243,7 +262,7 @@ def test_real_distillation_episode_is_deterministic(env_id, tmp_path):
 
 def test_annealed_constraints_phase_in_over_updates_and_errors_render():
     env = gym.make(
-        "N2NRemoval-v1",
+        "N2NRemoval-v2",
         evaluator="proxy",
         render_mode="ansi",
         constraints={"max_params": 1000, "constraint_mode": "annealed", "anneal_steps": 2},

@@ -115,9 +115,9 @@ def test_pipeline_runs_removal_then_shrink_then_final_training(tmp_path):
     ]
     assert train_agent.main(argv) == 0
     removal, shrink = out / "1-removal", out / "2-shrink"
-    assert json.loads((removal / "config.json").read_text())["env"] == "N2NRemoval-v1"
+    assert json.loads((removal / "config.json").read_text())["env"] == "N2NRemoval-v2"
     shrink_config = json.loads((shrink / "config.json").read_text())
-    assert shrink_config["env"] == "N2NShrink-v1"
+    assert shrink_config["env"] == "N2NShrink-v2"
     assert shrink_config["env_kwargs"]["start_from"] == str(removal)
     # --shrink-kwargs reach the shrink stage only.
     assert shrink_config["env_kwargs"]["constraints"] == {"max_params": 100000}
@@ -149,7 +149,7 @@ def test_start_from_continues_a_removal_run_in_the_shrink_env(tmp_path):
     base = ["--env-kwargs", PROXY, "--algo", "random", "--budget", "3"]
     assert train_agent.main([*base, "--out", str(first)]) == 0
     second = tmp_path / "shrink"
-    argv = [*base, "--env", "N2NShrink-v1", "--start-from", str(first), "--out", str(second)]
+    argv = [*base, "--env", "N2NShrink-v2", "--start-from", str(first), "--out", str(second)]
     assert train_agent.main(argv) == 0
     config = json.loads((second / "config.json").read_text())
     assert config["env_options"]["start_from"] == str(first)
@@ -202,7 +202,7 @@ def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
     [
         (["--stages", "final"], "comes last"),
         (["--stages", "removal,nope"], "choose from removal,shrink,final"),
-        (["--start-from", "x"], "use it with --env N2NShrink-v1"),
+        (["--start-from", "x"], "use it with --env N2NShrink-v2"),
         (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
         (["--shrink-kwargs", '{"fidelity": "medium"}'], "add --pipeline"),
         (["--pipeline", "--env", "CartPole-v1"], "not an N2N removal or shrink environment"),

@@ -229,7 +229,7 @@ def test_masks_are_never_violated_even_by_a_policy_that_wants_to(controller, n_a
 
 
 def test_n2n_env_masks_are_respected_while_learning(teachers):
-    env = gym.make("N2NShrink-v1", **teachers["resnet18"])
+    env = gym.make("N2NShrink-v2", **teachers["resnet18"])
     assert not env.unwrapped.action_masks().all(), "the ResNet stem may not shrink"
     recorder = EpisodeRewards()
     model = Reinforce("ControllerPolicy", env, seed=0)
@@ -316,20 +316,20 @@ def test_save_load_round_trip_reproduces_actions_and_optimiser(tmp_path):
 
 
 def test_a_policy_transfers_to_another_teacher(tmp_path, teachers):
-    source = gym.make("N2NRemoval-v1", **teachers["small_vgg"])
+    source = gym.make("N2NRemoval-v2", **teachers["small_vgg"])
     model = Reinforce("ControllerPolicy", source, seed=0)
     model.learn(5 * source.unwrapped.num_steps)
     model.save(tmp_path / "removal.zip")
 
     # Same max_units: load the whole model onto the other teacher's environment and go on.
-    target = gym.make("N2NRemoval-v1", **teachers["resnet18"])
+    target = gym.make("N2NRemoval-v2", **teachers["resnet18"])
     transferred = Reinforce.load(tmp_path / "removal.zip", env=target)
     recorder = EpisodeRewards()
     transferred.learn(5 * target.unwrapped.num_steps, callback=recorder)
     assert len(recorder.infos) == 5 and all(i["masked_actions"] == 0 for i in recorder.infos)
 
     # Different max_units: a fresh model takes the controller weights; padding changes nothing.
-    wide = gym.make("N2NRemoval-v1", max_units=40, **teachers["resnet18"])
+    wide = gym.make("N2NRemoval-v2", max_units=40, **teachers["resnet18"])
     fresh = Reinforce("ControllerPolicy", wide, seed=1)
     fresh.set_parameters(str(tmp_path / "removal.zip"))
     obs_32, _ = target.reset()
@@ -375,7 +375,7 @@ def test_reinforce_beats_random_search_on_a_known_optimum(controller, n_actions)
 
 
 # ---- SB3 interface and the N2N environments ---------------------------------------------------
-@pytest.mark.parametrize("env_id", ["N2NRemoval-v1", "N2NShrink-v1"])
+@pytest.mark.parametrize("env_id", ["N2NRemoval-v2", "N2NShrink-v2"])
 def test_runs_end_to_end_on_the_n2n_envs_with_sb3_callbacks(env_id, tmp_path, teachers):
     env = gym.make(env_id, **teachers["small_vgg"])
     steps = env.unwrapped.num_steps

@@ -149,7 +149,7 @@ def test_a_rerun_finds_the_table_built_and_a_killed_build_continues(tiny, tmp_pa
 @pytest.mark.expensive
 def test_table_env_answers_from_the_table_with_masks_clock_and_optimum(tiny):
     table = load_table(tiny["out"])
-    env = gym.make("N2NJoint-v0", evaluator="table", table=str(tiny["out"]), **tiny["kwargs"])
+    env = gym.make("N2NJoint-v1", evaluator="table", table=str(tiny["out"]), **tiny["kwargs"])
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped)
     base = env.unwrapped
@@ -162,7 +162,7 @@ def test_table_env_answers_from_the_table_with_masks_clock_and_optimum(tiny):
     rewards = table.rewards()
     optimum = max(rewards.values())
     # A fresh environment: the checkers' episodes filled the other one's cache.
-    env = gym.make("N2NJoint-v0", evaluator="table", table=str(tiny["out"]), **tiny["kwargs"])
+    env = gym.make("N2NJoint-v1", evaluator="table", table=str(tiny["out"]), **tiny["kwargs"])
     seen = {}
     for actions in ([1, 0, 2], [2, 1, 2], [1, 0, 2]):
         env.reset(seed=0)
@@ -183,7 +183,7 @@ def test_table_env_answers_from_the_table_with_masks_clock_and_optimum(tiny):
     # Constraints still apply to stored measurements, and the optimum follows them.
     limit = sorted(r.measurement.params for r in table.rows.values())[2]
     constrained = gym.make(
-        "N2NJoint-v0",
+        "N2NJoint-v1",
         evaluator="table",
         table=str(tiny["out"]),
         constraints={"max_params": limit},
@@ -205,7 +205,7 @@ def test_table_is_refused_for_another_fidelity_or_a_broken_file(tiny, tmp_path):
     other = {**FIDELITY, "lr": 1e-3}
     kwargs = {**tiny["kwargs"], "fidelity": other}
     with pytest.raises(EnvConfigError, match=r"fidelity\.lr \(table 0\.002, task 0\.001\)"):
-        gym.make("N2NJoint-v0", evaluator="table", table=str(tiny["out"]), **kwargs)
+        gym.make("N2NJoint-v1", evaluator="table", table=str(tiny["out"]), **kwargs)
     data = tiny["out"].read_bytes()
     truncated = tmp_path / "truncated.json.gz"
     truncated.write_bytes(data[: len(data) // 2])
@@ -225,7 +225,7 @@ def test_table_is_refused_for_another_fidelity_or_a_broken_file(tiny, tmp_path):
     with pytest.raises(TableError, match="version 99"):
         load_table(newer)
     with pytest.raises(EnvConfigError, match="no such file"):
-        gym.make("N2NJoint-v0", evaluator="table", table=str(tmp_path / "none.json.gz"))
+        gym.make("N2NJoint-v1", evaluator="table", table=str(tmp_path / "none.json.gz"))
 
 
 @pytest.mark.expensive

@@ -59,7 +59,7 @@ def bad_inputs(tmp: Path, other_teacher: str) -> list[tuple[dict, str]]:
 def test_every_bad_input_fails_at_make_in_one_line(tmp_path, other_dataset_teacher):
     for kwargs, message in bad_inputs(tmp_path, other_dataset_teacher):
         with pytest.raises(EnvConfigError) as error:
-            gym.make("N2NRemoval-v1", **kwargs)
+            gym.make("N2NRemoval-v2", **kwargs)
         text = str(error.value)
         assert message in text and "\n" not in text, (kwargs, text)
 
@@ -127,9 +127,9 @@ def test_a_recorded_fingerprint_refuses_other_weights(tmp_path):
 
 
 def test_task_for_splits_environment_options_from_the_task():
-    task, options = task_for("N2NShrink-v1", {"evaluator": "proxy", "ratios": [0.5, 1.0]})
+    task, options = task_for("N2NShrink-v2", {"evaluator": "proxy", "ratios": [0.5, 1.0]})
     assert task.measurer == "proxy" and options == {"ratios": [0.5, 1.0]}
-    env = gym.make("N2NShrink-v1", **task.to_dict(), **options)
+    env = gym.make("N2NShrink-v2", **task.to_dict(), **options)
     assert env.unwrapped.task == task and env.action_space.n == 2
     with pytest.raises(EnvConfigError, match="not registered"):
         task_for("N2NNothing-v0", {})
@@ -145,7 +145,7 @@ def run_make_vec(context: str, kwargs: dict, timeout: float = 240) -> dict:
         import json, gymnasium as gym, numpy as np
         import n2n_gym  # noqa: F401
         if __name__ == "__main__":
-            envs = gym.make_vec("N2NRemoval-v1", num_envs=2, vectorization_mode="async",
+            envs = gym.make_vec("N2NRemoval-v2", num_envs=2, vectorization_mode="async",
                                 vector_kwargs={{"context": {context!r}}}, **{kwargs!r})
             envs.reset(seed=0)
             while True:
@@ -180,7 +180,7 @@ def test_make_vec_async_fork_distils_real_students():
 
 
 def test_make_vec_sync_steps_each_environment_on_its_own():
-    envs = gym.make_vec("N2NRemoval-v1", num_envs=2, vectorization_mode="sync", evaluator="proxy")
+    envs = gym.make_vec("N2NRemoval-v2", num_envs=2, vectorization_mode="sync", evaluator="proxy")
     envs.reset(seed=0)
     terminated = [False]
     while not all(terminated):

@@ -88,7 +88,7 @@ def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
     # ten evaluations: two REINFORCE updates, so the saved controller is trained, not initial
     assert run(tmp_path, "--algo", "reinforce", "--budget", "10", "--out", str(first)) == 0
     saved = Reinforce.load(first / CHECKPOINT_FILE, device="cpu")
-    venv = DummyVecEnv([lambda: gym.make("N2NRemoval-v1", evaluator="proxy")])
+    venv = DummyVecEnv([lambda: gym.make("N2NRemoval-v2", evaluator="proxy")])
     transfer = train_agent.parse_args(["--env-kwargs", PROXY, "--init-policy", str(first)])
     loaded = train_agent.make_agent(transfer, venv, tmp_path / "second", 9, 0)
     fresh = train_agent.make_agent(train_agent.parse_args([]), venv, tmp_path / "third", 9, 0)

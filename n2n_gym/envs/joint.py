@@ -1,4 +1,4 @@
-"""N2NJoint-v0: both stages of N2N at once, one decision per unit: remove it, or keep it at a width."""
+"""N2NJoint-v1: both stages of N2N at once, one decision per unit: remove it, or keep it at a width."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class LayerJointEnv(LayerShrinkEnv):
     ## Description
 
     Stage 1 and stage 2 of N2N learning (Ashok et al., ICLR 2018) as one decision per unit:
-    remove it (as ``N2NRemoval-v1`` does) or keep it at one of ``ratios`` of its width (as
-    ``N2NShrink-v1`` does). Students are distilled and scored as in the other environments. With
+    remove it (as ``N2NRemoval-v2`` does) or keep it at one of ``ratios`` of its width (as
+    ``N2NShrink-v2`` does). Students are distilled and scored as in the other environments. With
     the default ratios its students are exactly the grid of the shipped table, so
     ``N2NJoint-Tab-v0`` is this environment answered from the table.
 
@@ -35,12 +35,12 @@ class LayerJointEnv(LayerShrinkEnv):
 
     ## Observation Space
 
-    As in ``N2NRemoval-v1``; ``decisions`` holds the chosen ratios (0 = removed, 1 = undecided or
+    As in ``N2NRemoval-v2``; ``decisions`` holds the chosen ratios (0 = removed, 1 = undecided or
     kept).
 
     ## Rewards
 
-    As in ``N2NRemoval-v1``: 0 on every step but the last; then ``R = C(2 - C) * acc_student /
+    As in ``N2NRemoval-v2``: 0 on every step but the last; then ``R = C(2 - C) * acc_student /
     acc_teacher``, -1 for a failed student, constraints as configured.
 
     ## Starting State
@@ -53,7 +53,7 @@ class LayerJointEnv(LayerShrinkEnv):
 
     ## Arguments
 
-    Everything ``N2NShrink-v1`` takes (``ratios`` default ``(0.5, 1.0)``).
+    Everything ``N2NShrink-v2`` takes (``ratios`` default ``(0.5, 1.0)``).
 
     ## Version History
 

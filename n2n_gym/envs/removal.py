@@ -1,4 +1,4 @@
-"""N2NRemoval-v1: stage 1 of N2N, deciding layer by layer which units of the teacher to remove."""
+"""N2NRemoval-v2: stage 1 of N2N, deciding layer by layer which units of the teacher to remove."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class LayerRemovalEnv(CompressionEnv):
 
     ## Arguments
 
-    ``gymnasium.make("N2NRemoval-v1", **kwargs)``; every argument is a plain JSON-able value:
+    ``gymnasium.make("N2NRemoval-v2", **kwargs)``; every argument is a plain JSON-able value:
 
     - ``teacher="default"``: ``"default"`` (the bundled MNIST teacher), or a path to a checkpoint
       from ``python -m n2n_gym.teachers train``, to a state dict (with ``teacher_arch``), or to a

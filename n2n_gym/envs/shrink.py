@@ -1,4 +1,4 @@
-"""N2NShrink-v1: stage 2 of N2N, choosing a width for every remaining unit."""
+"""N2NShrink-v2: stage 2 of N2N, choosing a width for every remaining unit."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class LayerShrinkEnv(CompressionEnv):
     width ratio for each: the output channels of a conv group or linear layer, the inner width of
     a residual block (its output width must match the residual sum). Shrunk layers keep their
     largest-norm filters when weights are inherited. The student is distilled and scored exactly
-    as in ``N2NRemoval-v1``, and compression is always measured against the original teacher.
+    as in ``N2NRemoval-v2``, and compression is always measured against the original teacher.
 
     ## Action Space
 
@@ -67,14 +67,14 @@ class LayerShrinkEnv(CompressionEnv):
 
     ## Observation Space
 
-    As in ``N2NRemoval-v1`` (a ``Dict`` of ``unit``, ``position``, ``sequence``, ``valid``,
+    As in ``N2NRemoval-v2`` (a ``Dict`` of ``unit``, ``position``, ``sequence``, ``valid``,
     ``decisions``), describing the starting network's units; ``decisions`` holds the chosen
     ratios (1 = undecided).
 
     ## Rewards
 
     0 on every step but the last; then ``R = C(2 - C) * acc_student / acc_teacher`` against the
-    original teacher, -1 for a failed student, constraints as in ``N2NRemoval-v1``.
+    original teacher, -1 for a failed student, constraints as in ``N2NRemoval-v2``.
 
     ## Starting State
 
@@ -86,7 +86,7 @@ class LayerShrinkEnv(CompressionEnv):
 
     ## Arguments
 
-    Everything ``N2NRemoval-v1`` takes, plus:
+    Everything ``N2NRemoval-v2`` takes, plus:
 
     - ``ratios``: the width ratios an action can pick; must include 1.0 and lie in (0, 1].
     - ``start_from=None``: a stage-1 result — a search run directory (its ``best_student.json``),
