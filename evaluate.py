@@ -66,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument(
-        "--budget", type=int, default=None, help="--compare: evaluations per run to compare at"
+        "--budget",
+        type=int,
+        default=None,
+        help="--compare: distinct students per run to compare at",
     )
     args = parser.parse_args(argv)
     if not args.compare and len(args.runs) != 1:

@@ -4,7 +4,10 @@
     python train_agent.py --algo ppo --budget 150 --seed 1
     python train_agent.py --env N2NShrink-v2 --env-kwargs '{"start_from": "runs/N2NRemoval-v2-reinforce-0"}'
 
-Every algorithm gets the same budget of student evaluations (episodes). The run directory
+Every algorithm gets the same budget of *distinct* students: a student the search proposes again
+is answered by the run's cache and costs nothing, so it does not count. A search that keeps
+proposing students it has seen has converged: it stops after 200 episodes in a row without a new
+student, or after 5x the budget in episodes, and its summary says so. The run directory
 (``--out``, default ``runs/<env>-<algo>-<seed>``) receives ``config.json``, one line per evaluation
 in ``evaluations.jsonl``, TensorBoard scalars in ``tb/``, agent checkpoints in ``checkpoints/``,
 the best student in ``best_student.json`` and ``summary.json``. Ctrl-C stops cleanly and keeps
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -35,7 +39,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import ALGOS, RandomSearch, Reinforce, agent_class
+from agents import ALGOS, SEARCHES, RandomSearch, Reinforce, agent_class, hyperparams
 from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, make_backend
 from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
@@ -45,6 +49,7 @@ from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    CONVERGED_EPISODE_FACTOR,
     RunRecorder,
     announce_search,
     write_best_weights,
@@ -58,11 +63,12 @@ STAGES = ("removal", "shrink", "final")
 @dataclass
 class Args:
     algo: str = "reinforce"
-    """search algorithm: reinforce, ppo, a2c, recurrent_ppo, maskable_ppo or random"""
+    """search algorithm: reinforce, ppo, a2c, recurrent_ppo, maskable_ppo, dqn, random, evolution
+    or tpe"""
     env: str = "N2NRemoval-v2"
     """registered environment id"""
     budget: int = 100
-    """student evaluations (episodes) to spend; cache hits count and are reported separately"""
+    """distinct students to evaluate (repeats are cache hits and free; see the module doc)"""
     seed: int = 0
     """seed of the agent and the environments"""
     device: str = "auto"
@@ -79,6 +85,8 @@ class Args:
     """torch CPU threads of this search, shared by its processes (default: every core)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gymnasium.make keyword arguments"""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """the algorithm's hyperparameters over agents/hyperparams.yml"""
     out: str | None = None
     """run directory (default runs/<env>-<algo>-<seed>)"""
     resume: bool = False
@@ -111,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments"
+    )
+    parser.add_argument(
+        "--hyperparams",
+        default="{}",
+        help="JSON object of the algorithm's hyperparameters over agents/hyperparams.yml, e.g. "
+        "'{\"population_size\": 50}'",
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--resume", action="store_true")
@@ -150,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         except ValueError as error:
             parser.error(f"{error}; a pipeline starts from N2NRemoval-v2 or a paper removal id")
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
+    agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
+    _check_hyperparams(parser, ns.algo, agent_settings)
     for name in ("budget", "n_envs", "checkpoint_every", "threads"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -191,11 +207,36 @@ def parse_args(argv: list[str] | None = None) -> Args:
         except TaskError as error:
             flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
             parser.error(f"{env_id} ({flag} / --device): {error}")
-    skip = ("env_kwargs", "start_from", "stages", "pipeline", "final_kwargs", "shrink_kwargs")
+    skip = (
+        "env_kwargs",
+        "start_from",
+        "stages",
+        "pipeline",
+        "final_kwargs",
+        "shrink_kwargs",
+        "hyperparams",
+    )
     values = {k: v for k, v in vars(ns).items() if k not in skip}
     return Args(
-        **values, env_kwargs=env_kwargs, stages=stages, shrink_kwargs=shrink_kwargs, final=final
+        **values,
+        env_kwargs=env_kwargs,
+        hyperparams=agent_settings,
+        stages=stages,
+        shrink_kwargs=shrink_kwargs,
+        final=final,
     )
+
+
+def _check_hyperparams(parser: argparse.ArgumentParser, algo: str, settings: dict) -> None:
+    """Unknown hyperparameter names fail here, before any folder exists."""
+    cls = SEARCHES[algo] if algo in SEARCHES else agent_class(algo)
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "policy", "seed"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        parser.error(
+            f"--hyperparams: {algo} has no hyperparameter {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(known)) or 'none'}"
+        )
 
 
 def _json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[str, Any]:
@@ -279,7 +320,8 @@ class RecordEvaluations(VecEnvWrapper):
             if record["error"] is None:
                 self.writer.add_scalar("eval/accuracy", record["accuracy"], step)
                 self.writer.add_scalar("eval/params", record["params"], step)
-            self.bar.update(1)
+            if record["new_student"]:
+                self.bar.update(1)
             self.bar.set_postfix(
                 best=f"{self.recorder.best_reward:.4f}", hits=self.recorder.cache_hits
             )
@@ -293,7 +335,7 @@ class RecordEvaluations(VecEnvWrapper):
 
 
 class BudgetAndCheckpoints(BaseCallback):
-    """Stops the agent at the evaluation budget and checkpoints it every few evaluations."""
+    """Stops the agent at its budget of distinct students (or converged) and checkpoints it."""
 
     def __init__(self, recorder: RunRecorder, budget: int, every: int, path: Path) -> None:
         super().__init__()
@@ -303,7 +345,7 @@ class BudgetAndCheckpoints(BaseCallback):
     def _on_step(self) -> bool:
         if self.recorder.evaluations - self.saved_at >= self.every:
             self.save()
-        return self.recorder.evaluations < self.budget
+        return self.recorder.stop_reason(self.budget) is None
 
     def save(self) -> None:
         if not hasattr(self.model, "save"):
@@ -318,8 +360,15 @@ class BudgetAndCheckpoints(BaseCallback):
 def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, done: int):
     """The agent for ``args.algo``: fresh, resumed from the run's checkpoint, or from --init-policy."""
     tb = str(run_dir / "tb")
+    settings = {**hyperparams(args.algo, args.env), **args.hyperparams}
     if args.algo == "random":
         return RandomSearch(venv, seed=args.seed + done)
+    if args.algo in SEARCHES:
+        search = SEARCHES[args.algo](venv, seed=args.seed, tensorboard_log=tb, **settings)
+        checkpoint = run_dir / CHECKPOINT_FILE
+        if args.resume and checkpoint.exists():
+            search.restore(checkpoint)
+        return search
     cls = agent_class(args.algo)
     source = (
         run_dir / CHECKPOINT_FILE if args.resume and (run_dir / CHECKPOINT_FILE).exists() else None
@@ -332,9 +381,16 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
     if source is not None:
         return cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
     if args.algo == "reinforce":
-        return Reinforce("ControllerPolicy", venv, seed=args.seed, tensorboard_log=tb)
+        return Reinforce("ControllerPolicy", venv, seed=args.seed, tensorboard_log=tb, **settings)
     return make_sb3_agent(
-        args.algo, venv, episode_length, seed=args.seed, device="cpu", tensorboard_log=tb
+        args.algo,
+        venv,
+        episode_length,
+        seed=args.seed,
+        device="cpu",
+        tensorboard_log=tb,
+        env_id=args.env,
+        **args.hyperparams,
     )
 
 
@@ -462,10 +518,11 @@ def run_search(args: Args, console: Console) -> int:
     except (TaskError, BackendConfigError) as error:
         return fail(f"cannot start the evaluation workers: {error}")
     recorder = RunRecorder(run_dir, args.algo, args.seed)
-    if recorder.evaluations >= args.budget:
+    done = recorder.stop_reason(args.budget)
+    if done is not None:
         venv.close()
-        console.print(f"{run_dir} already spent its budget of {args.budget} evaluations")
-        _print_summary(console, recorder.write_summary(env=args.env), run_dir)
+        console.print(f"{run_dir} already stopped ({done}) at a budget of {args.budget} students")
+        _print_summary(console, recorder.write_summary(env=args.env, stop_reason=done), run_dir)
         return 0
     config = {**asdict(args), "task": task.to_dict(), "env_options": options}
     write_json_atomic(run_dir / CONFIG_FILE, config)
@@ -473,19 +530,19 @@ def run_search(args: Args, console: Console) -> int:
     venv.seed(args.seed + recorder.evaluations)
     bar = tqdm(
         total=args.budget,
-        initial=recorder.evaluations,
+        initial=recorder.distinct_students,
         desc=f"{args.algo} on {args.env}",
-        unit="eval",
+        unit="student",
     )
     venv = RecordEvaluations(venv, recorder, bar, run_dir / "tb")
     agent = make_agent(args, venv, run_dir, episode_length, recorder.evaluations)
     callback = BudgetAndCheckpoints(
         recorder, args.budget, args.checkpoint_every, run_dir / CHECKPOINT_FILE
     )
-    # Enough steps for the budget even if some episodes stop early; the callback stops at the budget.
+    # Enough steps to reach the episode cap; the callback stops at the budget or convergence.
     total_steps = (
-        2 * (args.budget - recorder.evaluations) * episode_length + episode_length * args.n_envs
-    )
+        CONVERGED_EPISODE_FACTOR * args.budget - recorder.evaluations + args.n_envs
+    ) * episode_length
     start = time.perf_counter()
     interrupted = False
     try:
@@ -502,7 +559,10 @@ def run_search(args: Args, console: Console) -> int:
         bar.close()
         venv.close()
     summary = recorder.write_summary(
-        env=args.env, wall_time=time.perf_counter() - start, interrupted=interrupted
+        env=args.env,
+        wall_time=time.perf_counter() - start,
+        interrupted=interrupted,
+        stop_reason="interrupted" if interrupted else recorder.stop_reason(args.budget),
     )
     _print_summary(console, summary, run_dir)
     _save_best_weights(run_dir, task, console)
@@ -581,8 +641,13 @@ def _print_summary(console: Console, summary: dict[str, Any], run_dir: Path) -> 
     table.add_row("compression", "1x", _fmt(summary["best_compression"], "{:.2f}x"))
     table.add_row("reward", "", _fmt(summary["best_reward"], "{:.4f}"))
     table.add_row(
-        "evaluations", "", f"{summary['evaluations']} ({summary['cache_hits']} cache hits)"
+        "students",
+        "",
+        f"{summary['distinct_students']} distinct in {summary['evaluations']} episodes "
+        f"({summary['cache_hits']} cache hits)",
     )
+    if summary.get("stop_reason") == "converged":
+        table.add_row("stopped", "", "converged (no new students)")
     console.print(table)
 
 

@@ -1,22 +1,43 @@
-"""Search agents for the N2N environments."""
+"""Search agents for the N2N environments: trainable policies and proposal searches."""
 
 from __future__ import annotations
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from agents.episode_search import EpisodeSearch
+from agents.evolution import RegularizedEvolution
+from agents.hyperparams import hyperparams
 from agents.random_search import RandomSearch
 from agents.reinforce import Reinforce
 from agents.sb3 import SB3_ALGOS
+from agents.tpe import TPESearch
 
-__all__ = ["ALGOS", "RandomSearch", "Reinforce", "agent_class"]
+__all__ = [
+    "ALGOS",
+    "SEARCHES",
+    "EpisodeSearch",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "Reinforce",
+    "TPESearch",
+    "agent_class",
+    "hyperparams",
+]
 
-ALGOS: tuple[str, ...] = ("reinforce", *SB3_ALGOS, "random")
+# Searches without a trainable policy: they propose students and learn from the rewards directly.
+SEARCHES: dict[str, type[EpisodeSearch]] = {
+    "random": RandomSearch,
+    "evolution": RegularizedEvolution,
+    "tpe": TPESearch,
+}
+ALGOS: tuple[str, ...] = ("reinforce", *SB3_ALGOS, *SEARCHES)
 
 
 def agent_class(algo: str) -> type[BaseAlgorithm]:
-    """The class that trains ``algo`` (random search has no trainable policy, hence no class)."""
+    """The class that trains ``algo``'s policy (the proposal searches have none)."""
     if algo == "reinforce":
         return Reinforce
     if algo in SB3_ALGOS:
         return SB3_ALGOS[algo][0]
-    raise ValueError(f"algorithm {algo!r} has no trainable policy; choose one of {ALGOS[:-1]}")
+    trainable = ("reinforce", *SB3_ALGOS)
+    raise ValueError(f"algorithm {algo!r} has no trainable policy; choose one of {trainable}")

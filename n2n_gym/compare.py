@@ -1,12 +1,12 @@
 """Comparing search runs: which algorithm finds the best student for the same evaluation budget.
 
 Runs are grouped by environment and algorithm, one run per seed, and every run is cut to a common
-budget of student evaluations (by default the shortest run's), the fair unit across algorithms. For
-each group :func:`compare_runs` reports
+budget of distinct students (by default the smallest run's), the fair unit across algorithms: a
+repeat is answered by the cache and costs nothing. For each group :func:`compare_runs` reports
 
 - the best reward within the budget, mean ± sample standard deviation over seeds;
-- the evaluations a seed needed to reach 95 % of the best reward found by any compared run on the
-  same environment (mean ± std over the seeds that reached it, and how many did);
+- the distinct students a seed needed to reach 95 % of the best reward found by any compared run
+  on the same environment (mean ± std over the seeds that reached it, and how many did);
 - the validation accuracy, parameters and compression of the group's best student;
 - the time spent evaluating students per run (the sum of the evaluations' ``wall_time``), mean.
 
@@ -36,7 +36,15 @@ import numpy as np
 from rich.table import Table
 
 from n2n_gym.atomic import atomic_write, write_json_atomic
-from n2n_gym.runs import CONFIG_FILE, EVALUATIONS_FILE, REPORT_FILE, SUMMARY_FILE, read_evaluations
+from n2n_gym.runs import (
+    CONFIG_FILE,
+    EVALUATIONS_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    distinct_counts,
+    read_evaluations,
+    within_budget,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -104,6 +112,7 @@ class Run:
     seed: int
     evaluations: list[dict[str, Any]]
     report: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ class Comparison:
     Attributes:
         rows: one plain dict per (env, algo) group, keys as in ``ROW_FIELDS``; ``None`` where a
             value does not exist (a std over one seed, a group no seed of which reached the target).
-        budget: evaluations every run was cut to.
+        budget: distinct students every run was cut to.
         runs: the compared runs.
         json_path: ``comparison.json``: ``{"budget", "target_fraction", "runs", "rows"}``.
         csv_path: ``comparison.csv``: the rows, seeds joined by ``;``.
@@ -151,7 +160,8 @@ def _read_run(path: Path) -> Run:
             "let the run record at least one evaluation or leave it out of the comparison"
         )
     # config.json holds the CLI arguments; summary.json also names algo, seed and env.
-    meta = {**_read_json(path / SUMMARY_FILE), **_read_json(path / CONFIG_FILE)}
+    summary = _read_json(path / SUMMARY_FILE)
+    meta = {**summary, **_read_json(path / CONFIG_FILE)}
     missing = [key for key in ("env", "algo", "seed") if meta.get(key) is None]
     if missing:
         raise ValueError(
@@ -159,7 +169,15 @@ def _read_run(path: Path) -> Run:
             "compare run directories written by train_agent.py"
         )
     report = _read_json(path / REPORT_FILE) or None
-    return Run(path, str(meta["env"]), str(meta["algo"]), int(meta["seed"]), evaluations, report)
+    return Run(
+        path,
+        str(meta["env"]),
+        str(meta["algo"]),
+        int(meta["seed"]),
+        evaluations,
+        report,
+        summary or None,
+    )
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -223,20 +241,29 @@ def _best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def _best_so_far(records: Sequence[dict[str, Any]]) -> list[float]:
-    """Best successful reward after each evaluation; NaN until the first success."""
+def best_by_student(records: list[dict[str, Any]], budget: int) -> list[float]:
+    """Best successful reward after 1 … ``budget`` distinct students; NaN until the first success.
+
+    A run that stopped short (converged) keeps its last best for the students it did not spend.
+    """
     curve, best = [], math.nan
-    for record in records:
+    for record, count in zip(records, distinct_counts(records), strict=True):
         if _succeeded(record) and (math.isnan(best) or record["reward"] > best):
             best = record["reward"]
-        curve.append(best)
-    return curve
+        if count > len(curve):
+            curve.append(best)
+        else:
+            curve[-1] = best  # a repeat: the same student count, maybe a better (noisier) reward
+        if len(curve) == budget:
+            break
+    return curve + [best] * (budget - len(curve))
 
 
-def _evaluations_to_reach(records: Sequence[dict[str, Any]], target: float) -> int | None:
-    for number, record in enumerate(records, 1):
+def _evaluations_to_reach(records: list[dict[str, Any]], target: float) -> int | None:
+    """Distinct students evaluated when a record first reached ``target``."""
+    for record, count in zip(records, distinct_counts(records), strict=True):
         if _succeeded(record) and record["reward"] >= target:
-            return number
+            return count
     return None
 
 
@@ -261,18 +288,24 @@ def _teacher(runs: Iterable[Run]) -> tuple[float | None, int | None]:
 
 
 def _common_budget(runs: Sequence[Run], budget: int | None) -> int:
-    shortest = min(runs, key=lambda run: len(run.evaluations))
+    sizes = {run.path: distinct_counts(run.evaluations)[-1] for run in runs}
+    shortest = min(runs, key=lambda run: sizes[run.path])
     if budget is None:
-        return len(shortest.evaluations)
+        return sizes[shortest.path]
     if budget < 1:
-        raise ValueError(f"budget={budget} must be at least 1 evaluation")
-    if budget > len(shortest.evaluations):
+        raise ValueError(f"budget={budget} must be at least 1 student")
+    if budget > sizes[shortest.path] and not _converged(shortest):
         raise ValueError(
-            f"budget={budget} exceeds the {len(shortest.evaluations)} evaluations of "
-            f"{shortest.path}; pass a budget of at most {len(shortest.evaluations)} or leave that "
+            f"budget={budget} exceeds the {sizes[shortest.path]} distinct students of "
+            f"{shortest.path}; pass a budget of at most {sizes[shortest.path]} or leave that "
             "run out"
         )
     return budget
+
+
+def _converged(run: Run) -> bool:
+    # A converged run stopped short of its budget on purpose: its best stays the best from there.
+    return (run.summary or {}).get("stop_reason") == "converged"
 
 
 def _groups(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
@@ -291,7 +324,7 @@ def comparison_rows(
 
     Args:
         runs: runs from :func:`load_runs`.
-        budget: evaluations to compare at; ``None``: the smallest evaluation count among ``runs``.
+        budget: distinct students to compare at; ``None``: the smallest count among ``runs``.
 
     Returns:
         The rows (plain dicts with the keys of ``ROW_FIELDS``, best mean reward first within an
@@ -304,7 +337,7 @@ def comparison_rows(
     groups = _groups(runs)
     best_by_env: dict[str, float] = {}
     for run in runs:
-        best = _best_record(run.evaluations[:budget])
+        best = _best_record(within_budget(run.evaluations, budget))
         if best is not None:
             best_by_env[run.env] = max(best["reward"], best_by_env.get(run.env, -math.inf))
     rows = []
@@ -312,7 +345,7 @@ def comparison_rows(
         seeds = [run.seed for run in members]
         if len(set(seeds)) < len(seeds):
             logger.warning("%s on %s: several runs share a seed (%s)", algo, env, seeds)
-        records = [run.evaluations[:budget] for run in members]
+        records = [within_budget(run.evaluations, budget) for run in members]
         bests = [_best_record(r) for r in records]
         if None in bests:
             logger.warning(
@@ -392,7 +425,7 @@ def _plot_best_reward(runs: Sequence[Run], budget: int, path: Path) -> None:
         for (group_env, algo), members in _groups(runs).items():
             if group_env != env:
                 continue
-            curves = np.array([_best_so_far(run.evaluations[:budget]) for run in members])
+            curves = np.array([best_by_student(run.evaluations, budget) for run in members])
             steps = np.arange(1, budget + 1)
             # The mean starts once every seed has a student (a mean over a changing subset of
             # seeds could fall); the band covers whichever seeds have one.
@@ -404,7 +437,7 @@ def _plot_best_reward(runs: Sequence[Run], budget: int, path: Path) -> None:
             colour = colours[algo]
             ax.plot(steps, mean, color=colour, label=f"{algo} ({len(members)} seeds)")
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
-        ax.set_xlabel("student evaluations")
+        ax.set_xlabel("distinct students evaluated")
         ax.set_ylabel("best reward so far")
         ax.set_xlim(1, max(budget, 2))
         ax.set_title(f"{env}: mean over seeds, band = min–max")
@@ -434,7 +467,7 @@ def _plot_pareto(runs: Sequence[Run], budget: int, path: Path) -> None:
                 (r["params"], 100 * r["accuracy"])
                 for run in members
                 if run.algo == algo
-                for r in run.evaluations[:budget]
+                for r in within_budget(run.evaluations, budget)
                 if _succeeded(r) and r.get("params") and r.get("accuracy") is not None
             ]
             points += students
@@ -506,7 +539,7 @@ def compare_runs(
         paths: run directories, or folders holding them (see :func:`load_runs`).
         out_dir: where ``comparison.json``, ``comparison.csv``, ``best_reward.png`` and
             ``pareto.png`` go (created if missing).
-        budget: evaluations to compare at; ``None``: the smallest evaluation count among the runs.
+        budget: distinct students to compare at; ``None``: the smallest count among the runs.
 
     Returns:
         The :class:`Comparison`: rows, budget, runs and the paths written.

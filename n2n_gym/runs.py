@@ -37,6 +37,12 @@ CHECKPOINT_FILE = "checkpoints/agent.zip"
 STUDENT_FILE = "student.pt"
 REPORT_FILE = "report.json"
 
+# A search's budget counts distinct students: a repeat is answered by the cache and costs nothing.
+# A search that keeps repeating itself has converged; it stops after this many episodes in a row
+# without a new student, or after CONVERGED_EPISODE_FACTOR x its budget in episodes.
+CONVERGED_AFTER = 200
+CONVERGED_EPISODE_FACTOR = 5
+
 
 class RunDirError(ValueError):
     """A folder that is not (or not yet) the run directory a command needs; says what to run."""
@@ -133,6 +139,24 @@ def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def distinct_counts(records: list[dict[str, Any]]) -> list[int]:
+    """Distinct students evaluated after each record (what a budget counts)."""
+    seen: set[str] = set()
+    counts = []
+    for record in records:
+        seen.add(record.get("student_key") or json_line(record.get("student")))
+        counts.append(len(seen))
+    return counts
+
+
+def within_budget(records: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The records up to the one that evaluated the ``budget``-th distinct student."""
+    for index, count in enumerate(distinct_counts(records)):
+        if count >= budget:
+            return records[: index + 1]
+    return records
+
+
 def _drop_torn_tail(path: Path) -> None:
     """Cut a line left half-written by a crash, so that new lines start on a line of their own."""
     if not path.exists():
@@ -161,12 +185,38 @@ class RunRecorder:
         _drop_torn_tail(self.run_dir / EVALUATIONS_FILE)
         self.records = read_evaluations(self.run_dir)
         self.best: dict[str, Any] | None = None
+        self.students: set[str] = set()
+        self.since_new = 0  # episodes in a row without a new student
         for record in self.records:
             self._update_best(record)
+            self._count_student(record)
 
     @property
     def evaluations(self) -> int:
+        """Episodes recorded (evaluations, repeats included)."""
         return len(self.records)
+
+    @property
+    def distinct_students(self) -> int:
+        """Different students evaluated: what a search's budget counts."""
+        return len(self.students)
+
+    def stop_reason(self, budget: int) -> str | None:
+        """``"budget"``, ``"converged"`` or ``None`` (go on), for a budget of distinct students."""
+        if self.distinct_students >= budget:
+            return "budget"
+        if self.since_new >= CONVERGED_AFTER or (
+            self.evaluations >= CONVERGED_EPISODE_FACTOR * budget
+        ):
+            return "converged"
+        return None
+
+    def _count_student(self, record: dict[str, Any]) -> None:
+        key = record.get("student_key") or json_line(record.get("student"))  # as distinct_counts
+        new = key not in self.students
+        self.students.add(key)
+        self.since_new = 0 if new else self.since_new + 1
+        record.setdefault("new_student", new)
 
     @property
     def cache_hits(self) -> int:
@@ -194,6 +244,7 @@ class RunRecorder:
             "student",
             "eval_seconds",
             "table_optimum",
+            "student_key",
         )
         record = {
             "evaluation": self.evaluations + 1,
@@ -201,6 +252,7 @@ class RunRecorder:
             "wall_time": wall_time,
         }
         record.update({key: info.get(key) for key in fields})
+        self._count_student(record)
         with (self.run_dir / EVALUATIONS_FILE).open("a") as handle:
             handle.write(json_line(record) + "\n")
             handle.flush()
@@ -224,6 +276,7 @@ class RunRecorder:
             "algo": self.algo,
             "seed": self.seed,
             "evaluations": self.evaluations,
+            "distinct_students": self.distinct_students,
             "cache_hits": self.cache_hits,
             "best_reward": best.get("reward"),
             "best_accuracy": best.get("accuracy"),

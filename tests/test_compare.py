@@ -15,12 +15,13 @@ from n2n_gym.atomic import write_json_atomic
 from n2n_gym.compare import (
     ROW_FIELDS,
     _pareto_front,
+    best_by_student,
     compare_runs,
     comparison_rows,
     comparison_table,
     load_runs,
 )
-from n2n_gym.runs import CONFIG_FILE, RunRecorder
+from n2n_gym.runs import CONFIG_FILE, CONVERGED_AFTER, RunRecorder
 
 ENV = "N2NRemoval-v2"
 TEACHER_PARAMS = 100_000
@@ -35,15 +36,22 @@ def make_run(
     env: str = ENV,
     error_reward: float = 5.0,
     report: dict | None = None,
+    students: list[str] | None = None,
+    summary: dict | None = None,
 ) -> Path:
-    """A run directory as train_agent.py writes it; ``FAILED`` entries are failed evaluations."""
+    """A run directory as train_agent.py writes it; ``FAILED`` entries are failed evaluations.
+
+    ``students`` names each evaluation's student (default: all different).
+    """
+    students = students or [f"student-{i}" for i in range(len(rewards))]
     run_dir = root / f"{env}-{algo}-{seed}"
     write_json_atomic(
         run_dir / CONFIG_FILE, {"algo": algo, "env": env, "seed": seed, "budget": len(rewards)}
     )
     recorder = RunRecorder(run_dir, algo, seed)
     teacher = {"teacher_accuracy": 0.99, "teacher_params": TEACHER_PARAMS}
-    for reward in rewards:
+    for reward, key in zip(rewards, students, strict=True):
+        teacher["student_key"] = key
         if reward is FAILED:
             # A deliberately huge reward: a failure must never become the best student.
             info = {**teacher, "error": "invalid architecture", "error_type": "InvalidArchitecture"}
@@ -57,7 +65,7 @@ def make_run(
             "compression": TEACHER_PARAMS / params,
         }
         recorder.record(reward, info, wall_time=2.0)
-    recorder.write_summary(env=env)
+    recorder.write_summary(env=env, **(summary or {}))
     if report is not None:
         write_json_atomic(run_dir / "report.json", report)
     return run_dir
@@ -157,10 +165,47 @@ def test_runs_are_cut_to_the_common_budget(tmp_path):
     assert row["wall_time_mean"] == pytest.approx(3 * 2.0)
     rows, budget = comparison_rows(comparison.runs, budget=1)
     assert budget == 1 and rows[0]["best_reward_mean"] == pytest.approx(0.25)
-    with pytest.raises(ValueError, match=r"budget=4 exceeds the 3 evaluations of .*ppo-1"):
+    with pytest.raises(ValueError, match=r"budget=4 exceeds the 3 distinct students of .*ppo-1"):
         comparison_rows(comparison.runs, budget=4)
     with pytest.raises(ValueError, match="at least 1"):
         comparison_rows(comparison.runs, budget=0)
+
+
+def test_the_budget_counts_distinct_students_and_repeats_are_free(tmp_path):
+    root = tmp_path / "runs"
+    # Seed 0 proposes student a three times: 4 evaluations, 2 distinct students.
+    make_run(root, "ppo", 0, [0.1, 0.1, 0.1, 0.9], students=["a", "a", "a", "b"])
+    make_run(root, "ppo", 1, [0.2, 0.3, 0.4, 0.5])
+    comparison = compare_runs([root], tmp_path / "out")
+    (row,) = comparison.rows
+    assert comparison.budget == 2  # the smallest run has 2 distinct students
+    # Within 2 students seed 0 reaches 0.9 (its 4th episode), seed 1 only 0.3.
+    assert row["best_reward_mean"] == pytest.approx((0.9 + 0.3) / 2)
+    assert best_by_student(comparison.runs[0].evaluations, 3) == [0.1, 0.9, 0.9]
+
+
+def test_a_converged_run_counts_as_flat_to_any_budget(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "tpe", 0, [0.5, 0.7], summary={"stop_reason": "converged"})
+    make_run(root, "tpe", 1, [0.1, 0.2, 0.3, 0.4])
+    (row,) = comparison_rows(load_runs([root]), budget=4)[0]
+    assert row["best_reward_mean"] == pytest.approx((0.7 + 0.4) / 2)
+
+
+def test_recorder_stops_at_the_budget_or_when_converged(tmp_path):
+    recorder = RunRecorder(tmp_path / "run", "random", 0)
+    info = {"student_key": "same"}
+    recorder.record(0.5, info)
+    assert recorder.stop_reason(2) is None
+    for _ in range(CONVERGED_AFTER):
+        recorder.record(0.5, info)
+    assert recorder.distinct_students == 1 and recorder.stop_reason(2) == "converged"
+    recorder.record(0.6, {"student_key": "other"})
+    assert recorder.stop_reason(2) == "budget"
+    # A resumed recorder counts the same.
+    again = RunRecorder(tmp_path / "run", "random", 0)
+    assert (again.distinct_students, again.since_new) == (2, 0)
+    assert again.stop_reason(40) == "converged"  # 202 episodes: over 5x a budget of 40
 
 
 def test_each_environment_has_its_own_target(tmp_path):

@@ -97,7 +97,9 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 f"render_mode={render_mode!r}: supported modes are {self.metadata['render_modes']}"
             )
         if isinstance(evaluator, str):
-            task_kwargs["evaluator"] = evaluator
+            # gymnasium.make(id, **task.to_dict()) names the task's measurer, which then wins over
+            # the evaluator the id registers (the table ids register "table").
+            task_kwargs.setdefault("measurer", evaluator)
         elif evaluator is not None and not isinstance(evaluator, Evaluator):
             raise EnvConfigError(
                 f"evaluator={evaluator!r}: pass 'distill', 'table', 'proxy' or an n2n_gym Evaluator"

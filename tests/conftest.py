@@ -1,0 +1,62 @@
+"""Shared fixtures: a table over the default teacher's whole joint grid, answered by the proxy.
+
+Searches and benchmark statistics need a table with thousands of students and a known optimum
+that costs nothing to build; the proxy measurer (a smooth, deterministic accuracy of the
+architecture) gives one in seconds. It is written in the shipped tables' format, for the default
+task, so ``gymnasium.make("N2NJoint-Tab-v0", table=path)`` uses it as it would the shipped one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from n2n_gym.grid import joint_grid
+from n2n_gym.measure import ProxyMeasurer
+from n2n_gym.table import Table, TableRow, student_key, world_fingerprint
+from n2n_gym.task import Task
+
+
+def build_proxy_table(path: Path) -> Table:
+    task = Task()
+    teacher = task.load_teacher()
+    task = task.resolved(teacher)
+    measurer = ProxyMeasurer(teacher.spec)
+    grid = joint_grid(teacher.spec)
+    rows = {}
+    for student in grid.students():
+        plan = student.plan()
+        measurement = measurer.measure(plan, student)
+        # A simulated cost that grows with the student: bigger students take longer to distil.
+        seconds = 1.0 + measurement.params / 50_000
+        curve = tuple(
+            (images, seconds * k / 4, measurement.accuracy * (1 - 0.05 * (4 - k)))
+            for k, images in enumerate((2048, 4096, 6144, 8192), 1)
+        )
+        measurement = replace(measurement, seconds=seconds, curve=curve)
+        key = student_key(plan)
+        rows[key] = TableRow(key, student.ratios, measurement, latency_ms=0.1)
+    table = Table(
+        name=path.name.removesuffix(".json.gz"),
+        teacher=teacher.spec,
+        teacher_accuracy=measurer.teacher_accuracy,
+        teacher_fingerprint=teacher.fingerprint,
+        world=world_fingerprint(task, teacher.fingerprint),
+        task={k: v for k, v in task.to_dict().items() if k not in ("cache_path", "table")},
+        context={"measurer": "proxy"},
+        grid=grid,
+        rows=rows,
+        build={"students": len(rows), "repeat_seed": 1, "curve_points": 4},
+    )
+    table.save(path)
+    return table
+
+
+@pytest.fixture(scope="session")
+def proxy_table(tmp_path_factory) -> Path:
+    """Path of the proxy table over the default teacher's 2,187 joint students."""
+    path = tmp_path_factory.mktemp("proxy_table") / "proxy-joint.json.gz"
+    build_proxy_table(path)
+    return path
