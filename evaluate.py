@@ -3,6 +3,7 @@
     python evaluate.py runs/N2NRemoval-v2-reinforce-0                # train the best student fully
     python evaluate.py RUN_DIR --student policy                        # the trained agent's greedy pick
     python evaluate.py --compare runs/compare --out runs/comparison   # algorithms over seeds
+    python evaluate.py --benchmark --env N2NJoint-Tab-v0 --seeds 10 --budget 500   # the benchmark
 
 Finishing trains the run's best student (or the agent's greedy student) by distillation over the
 whole training split until it converges, keeps its best validation epoch, and reports teacher
@@ -11,43 +12,105 @@ batch. It writes ``student.pt`` (reload with ``n2n_gym.students.load_student``) 
 ``report.json`` into the run directory (or ``--out``).
 
 Comparing groups runs by algorithm and seed and writes ``comparison.json``, ``comparison.csv``,
-``best_reward.png`` (best reward so far against evaluations, band over seeds) and ``pareto.png``
-(accuracy against parameters with the Pareto front).
+``best_reward.png`` (best reward so far against distinct students, band over seeds) and
+``pareto.png`` (accuracy against parameters with the Pareto front).
+
+The benchmark runs every (algorithm, seed) pair that is not finished yet as an ordinary run
+directory under ``--out`` (``--workers`` at a time, one torch thread each; a killed benchmark
+continues where it stopped), then writes the statistics of :mod:`n2n_gym.benchmark` there: regret
+against distinct students and simulated seconds, IQM with stratified bootstrap intervals,
+probability of improvement over random search, students to reach the optimum, performance
+profiles and whether each search learns.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sb3_contrib import MaskablePPO
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import Reinforce, agent_class
+import train_agent
+from agents import ALGOS, Reinforce, agent_class
 from n2n_gym.arch import StudentDescription
+from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
 from n2n_gym.cli import OneLineParser, fail, finish_with_progress
-from n2n_gym.compare import compare_runs, comparison_table
+from n2n_gym.compare import compare_runs, comparison_table, load_runs
 from n2n_gym.distill import DistillationDiverged
 from n2n_gym.finalize import FINAL_TRAINING
-from n2n_gym.runs import CHECKPOINT_FILE, RunDirError, read_run_config, read_run_task
+from n2n_gym.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunDirError,
+    distinct_counts,
+    read_evaluations,
+    read_run_config,
+    read_run_task,
+)
 from n2n_gym.students import StudentFileError
 from n2n_gym.task import TaskError
+
+TRAIN_SCRIPT = Path(__file__).with_name("train_agent.py")
+BENCHMARK_ENV = "N2NJoint-Tab-v0"
+BENCHMARK_BUDGET = 500
+# Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
+# about 10x the others': it is reported from a separate run, see the README).
+DEFAULT_ALGOS = tuple(a for a in ALGOS if a != "recurrent_ppo")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories")
     parser.add_argument(
         "--compare", action="store_true", help="compare the runs instead of finishing one"
     )
+    bench = parser.add_argument_group("benchmark (--benchmark)")
+    bench.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="run and report a benchmark of search algorithms into --out",
+    )
+    bench.add_argument(
+        "--env", default=BENCHMARK_ENV, help=f"environment (default: {BENCHMARK_ENV})"
+    )
+    bench.add_argument(
+        "--algos",
+        default="default",
+        help="comma-separated algorithms, 'default' "
+        f"({','.join(DEFAULT_ALGOS)}) or 'all' ({','.join(ALGOS)})",
+    )
+    bench.add_argument("--seeds", type=int, default=10, help="seeds per algorithm (default: 10)")
+    bench.add_argument(
+        "--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed+1, ..."
+    )
+    bench.add_argument(
+        "--workers", type=int, default=2, help="runs at a time, one core each (default: 2)"
+    )
+    bench.add_argument("--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments")
     parser.add_argument("--out", type=Path, default=None, help="where outputs go")
     parser.add_argument(
         "--student",
@@ -69,9 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget",
         type=int,
         default=None,
-        help="--compare: distinct students per run to compare at",
+        help="distinct students per run: --compare compares at it, --benchmark spends it "
+        f"(default {BENCHMARK_BUDGET})",
     )
     args = parser.parse_args(argv)
+    if args.benchmark:
+        _check_benchmark_args(parser, args)
+        return args
     if not args.compare and len(args.runs) != 1:
         parser.error("finishing takes one run directory; pass --compare to compare several")
     for name in ("epochs", "batch_size", "latency_batch"):
@@ -147,11 +214,138 @@ def compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad benchmark input fails here, before any run starts or folder exists."""
+    if args.runs or args.compare:
+        parser.error("--benchmark runs its own searches: drop the run directories and --compare")
+    if args.algos == "default":
+        args.algos = list(DEFAULT_ALGOS)
+    elif args.algos == "all":
+        args.algos = list(ALGOS)
+    else:
+        args.algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+        unknown = [a for a in args.algos if a not in ALGOS]
+        if unknown or not args.algos:
+            parser.error(
+                f"--algos: unknown {', '.join(unknown) or 'empty'}; choose from {', '.join(ALGOS)}"
+            )
+    args.budget = BENCHMARK_BUDGET if args.budget is None else args.budget
+    for name in ("seeds", "workers", "budget"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    args.out = args.out or Path(f"runs/benchmark-{args.env}")
+    # The searches check the env and its kwargs exactly as each run will.
+    for algo in args.algos:
+        train_agent.parse_args(_run_argv(args, algo, args.first_seed))
+
+
+def _run_dir(args: argparse.Namespace, algo: str, seed: int) -> Path:
+    return args.out / f"{algo}-{seed}"
+
+
+def _run_argv(args: argparse.Namespace, algo: str, seed: int) -> list[str]:
+    run_dir = _run_dir(args, algo, seed)
+    argv = ["--algo", algo, "--env", args.env, "--seed", str(seed), "--budget", str(args.budget)]
+    argv += ["--out", str(run_dir), "--threads", "1", "--env-kwargs", args.env_kwargs]
+    return argv + (["--resume"] if (run_dir / CONFIG_FILE).exists() else [])
+
+
+def _finished(run_dir: Path, budget: int) -> bool:
+    summary = run_dir / SUMMARY_FILE
+    if not summary.exists():
+        return False
+    data = json.loads(summary.read_text())
+    return data.get("stop_reason") == "converged" or (data.get("distinct_students") or 0) >= budget
+
+
+def _distinct_so_far(run_dir: Path) -> int:
+    try:
+        return distinct_counts(read_evaluations(run_dir))[-1]
+    except (IndexError, OSError, RunDirError):
+        return 0
+
+
+def benchmark(args: argparse.Namespace, console: Console) -> int:
+    """Run every unfinished (algorithm, seed) pair, ``--workers`` at a time, then report."""
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    pairs = [(algo, seed) for algo in args.algos for seed in seeds]
+    pending = [p for p in pairs if not _finished(_run_dir(args, *p), args.budget)]
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"benchmark of {len(args.algos)} algorithms x {args.seeds} seeds x {args.budget} students "
+        f"on {args.env} into {args.out}: {len(pairs) - len(pending)} runs done, "
+        f"{len(pending)} to go, {args.workers} at a time",
+        soft_wrap=True,
+    )
+    failed: list[str] = []
+    running: dict[tuple[str, int], tuple[subprocess.Popen, Any]] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            overall = progress.add_task(
+                "runs", total=len(pairs), completed=len(pairs) - len(pending)
+            )
+            bars: dict[tuple[str, int], Any] = {}
+            while pending or running:
+                while pending and len(running) < args.workers:
+                    algo, seed = pair = pending.pop(0)
+                    log = (logs / f"{algo}-{seed}.log").open("w")
+                    command = [sys.executable, str(TRAIN_SCRIPT), *_run_argv(args, algo, seed)]
+                    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
+                    process = subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, env=env
+                    )
+                    running[pair] = (process, log)
+                    bars[pair] = progress.add_task(f"{algo} seed {seed}", total=args.budget)
+                time.sleep(0.5)
+                for pair, (process, log) in list(running.items()):
+                    progress.update(bars[pair], completed=_distinct_so_far(_run_dir(args, *pair)))
+                    if process.poll() is None:
+                        continue
+                    log.close()
+                    del running[pair]
+                    progress.remove_task(bars[pair])
+                    progress.advance(overall)
+                    if process.returncode != 0:
+                        failed.append(
+                            f"{pair[0]} seed {pair[1]} ({logs / f'{pair[0]}-{pair[1]}.log'})"
+                        )
+    except KeyboardInterrupt:
+        for process, log in running.values():
+            process.send_signal(signal.SIGINT)  # the runs keep what they measured
+            process.wait()
+            log.close()
+        return fail("interrupted: rerun the same command to continue the benchmark", 130)
+    if failed:
+        console.print(
+            f"{len(failed)} run(s) failed: {'; '.join(failed)}", style="red", soft_wrap=True
+        )
+    done = [_run_dir(args, *p) for p in pairs if _finished(_run_dir(args, *p), args.budget)]
+    if not done:
+        return fail("no run finished, so there is nothing to report")
+    report = benchmark_report(load_runs(done), args.out, args.budget)
+    if console.is_terminal:
+        console.print(benchmark_table(report))
+    else:  # piped or in a file: Markdown keeps every column
+        print(markdown_table(report))
+    console.print(f"wrote {', '.join(str(p) for p in report.files.values())}", soft_wrap=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     try:
+        if args.benchmark:
+            return benchmark(args, console)
         return compare(args, console) if args.compare else finish(args, console)
     except (RunDirError, StudentFileError, TaskError, DistillationDiverged, ValueError) as error:
         return fail(str(error))
