@@ -1,0 +1,154 @@
+"""Benchmark statistics on synthetic runs with known answers, and the benchmark command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from n2n_gym.atomic import write_json_atomic
+from n2n_gym.benchmark import (
+    benchmark_report,
+    learning_gain,
+    regret_curve,
+    seconds_regret_curve,
+    students_to_reach,
+)
+from n2n_gym.compare import load_runs
+from n2n_gym.runs import CONFIG_FILE, RunRecorder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = "N2NJoint-Tab-v0"
+
+
+def make_run(root: Path, algo: str, seed: int, rewards: list[float], optimum: float = 1.0):
+    """A table-env run: every reward a new student costing 2 simulated seconds."""
+    run_dir = root / f"{algo}-{seed}"
+    write_json_atomic(run_dir / CONFIG_FILE, {"algo": algo, "env": ENV, "seed": seed})
+    recorder = RunRecorder(run_dir, algo, seed)
+    for index, reward in enumerate(rewards):
+        info = {"student_key": f"s{index}", "eval_seconds": 2.0, "table_optimum": optimum}
+        recorder.record(reward, info)
+    recorder.write_summary(env=ENV, stop_reason="budget")
+    return run_dir
+
+
+def records(rewards, keys=None, seconds=2.0):
+    keys = keys or [f"s{i}" for i in range(len(rewards))]
+    return [
+        {"reward": r, "student_key": k, "eval_seconds": seconds, "error": None}
+        for r, k in zip(rewards, keys, strict=True)
+    ]
+
+
+def test_regret_counts_distinct_students_and_simulated_seconds():
+    # s0 again is a repeat: free in students and seconds.
+    recs = records([0.5, 0.5, 0.8, 1.0], keys=["s0", "s0", "s1", "s2"])
+    assert regret_curve(recs, 3, 1.0).tolist() == pytest.approx([0.5, 0.2, 0.0])
+    recs[1]["eval_seconds"] = 0.0  # a table env reports 0 for a cache hit
+    times = np.array([0.0, 2.0, 3.9, 4.0, 6.0])
+    assert seconds_regret_curve(recs, 3, 1.0, times).tolist() == pytest.approx(
+        [1.0, 0.5, 0.5, 0.2, 0.0]
+    )
+    # float32 rewards from a vector env still reach a float64 optimum.
+    assert regret_curve(records([float(np.float32(0.8878572))]), 1, 0.8878572038815759)[0] == 0
+
+
+def test_students_to_reach_and_learning_gain():
+    recs = records([0.2, 0.95, 0.99, 1.0])
+    assert students_to_reach(recs, 4, 1.0) == 4
+    assert students_to_reach(recs, 4, 0.99) == 3
+    assert students_to_reach(recs, 2, 0.99) is None  # not within the budget
+    assert learning_gain(records([0.1] * 100 + [0.6] * 100)) == pytest.approx(0.5)
+    assert learning_gain(records([0.1] * 150)) is None  # too short to compare two windows
+
+
+def test_report_on_runs_with_a_known_answer(tmp_path):
+    root = tmp_path / "bench"
+    for seed in range(5):
+        make_run(root, "random", seed, [0.5, 0.7, 0.9, 0.9])  # never reaches 0.99
+        make_run(root, "good", seed, [0.5, 0.8, 1.0, 0.9])  # optimum at student 3
+        # 3 of 5 seeds reach the optimum at student 4, 2 never: the median is 4, not dropped.
+        make_run(root, "half", seed, [0.5, 0.6, 0.7, 1.0 if seed < 3 else 0.8])
+        # 2 of 5: the median is censored (not reached).
+        make_run(root, "rare", seed, [0.5, 0.6, 0.7, 1.0 if seed < 2 else 0.8])
+    report = benchmark_report(load_runs([root]), tmp_path / "out", 4, reps=500)
+    rows = {row["algo"]: row for row in report.rows}
+    assert report.exact_optimum and report.optimum == 1.0
+    assert rows["good"]["final_regret_iqm"] == pytest.approx(0.0)
+    assert rows["random"]["final_regret_iqm"] == pytest.approx(0.1)
+    assert rows["good"]["final_regret_ci"] == pytest.approx([0.0, 0.0])
+    assert rows["good"]["p_improvement"] == pytest.approx(1.0)
+    assert rows["random"]["p_improvement"] is None  # the baseline itself
+    assert (rows["good"]["reached_optimum"], rows["good"]["students_to_optimum_median"]) == (5, 3)
+    assert (rows["half"]["reached_optimum"], rows["half"]["students_to_optimum_median"]) == (3, 4)
+    assert (rows["rare"]["reached_optimum"], rows["rare"]["students_to_optimum_median"]) == (
+        2,
+        None,
+    )
+    assert rows["random"]["reached_99pct"] == 0
+    # Half and rare beat random on the seeds that reach the optimum and lose on the others.
+    assert 0.0 < rows["rare"]["p_improvement"] < rows["half"]["p_improvement"] < 1.0
+    assert report.rows[0]["algo"] == "good"  # best first
+    for path in report.files.values():
+        assert path.exists() and path.stat().st_size > 0, path
+    saved = json.loads(report.files["json"].read_text())
+    assert saved["rows"][0]["anytime_regret_iqm"][-1] == pytest.approx(0.0)
+    assert "| good |" in report.files["markdown"].read_text()
+
+
+def test_a_benchmark_of_several_envs_is_refused(tmp_path):
+    root = tmp_path / "bench"
+    make_run(root, "random", 0, [0.5])
+    other = make_run(tmp_path / "other", "random", 1, [0.5])
+    config = json.loads((other / CONFIG_FILE).read_text())
+    write_json_atomic(other / CONFIG_FILE, {**config, "env": "N2NRemoval-Tab-v0"})
+    with pytest.raises(ValueError, match="one environment"):
+        benchmark_report(load_runs([root, other]), tmp_path / "out", 1)
+
+
+def _benchmark(out: Path, table: Path, *extra: str) -> subprocess.CompletedProcess:
+    kwargs = json.dumps({"table": str(table)})
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", ENV]
+    command += ["--env-kwargs", kwargs, "--algos", "random,evolution", "--seeds", "2"]
+    command += ["--budget", "30", "--workers", "2", "--out", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.expensive
+def test_the_benchmark_command_runs_reports_and_resumes_without_redoing_runs(proxy_table, tmp_path):
+    out = tmp_path / "bench"
+    done = _benchmark(out, proxy_table)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| evolution |" in done.stdout  # piped: the Markdown table
+    runs = sorted(p.name for p in out.iterdir() if (p / CONFIG_FILE).exists())
+    assert runs == ["evolution-0", "evolution-1", "random-0", "random-1"]
+    # A killed benchmark: one run lost its summary and its last evaluations.
+    log = out / "random-1" / "evaluations.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:10]) + "\n")
+    (out / "random-1" / "summary.json").unlink()
+    untouched = {name: (out / name / "evaluations.jsonl").stat().st_mtime_ns for name in runs}
+    again = _benchmark(out, proxy_table)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "3 runs done, 1 to go" in " ".join(again.stdout.split())
+    for name in ("evolution-0", "evolution-1", "random-0"):
+        assert (out / name / "evaluations.jsonl").stat().st_mtime_ns == untouched[name]
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len({r["student_key"] for r in resumed}) == 30
+    report = json.loads((out / "benchmark.json").read_text())
+    assert {row["algo"] for row in report["rows"]} == {"random", "evolution"}
+
+
+def test_bad_benchmark_input_is_one_line_before_any_folder(tmp_path):
+    out = tmp_path / "bench"
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--algos", "ppo,foo"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 2 and "--algos: unknown foo" in done.stderr
+    assert not out.exists()
