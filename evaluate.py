@@ -29,11 +29,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import signal
-import subprocess
+import multiprocessing
 import sys
-import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +70,8 @@ from n2n_gym.runs import (
 )
 from n2n_gym.students import StudentFileError
 from n2n_gym.task import TaskError
+from train_agent import run_logged
 
-TRAIN_SCRIPT = Path(__file__).with_name("train_agent.py")
 BENCHMARK_ENV = "N2NJoint-Tab-v0"
 BENCHMARK_BUDGET = 500
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
@@ -279,7 +278,6 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
         soft_wrap=True,
     )
     failed: list[str] = []
-    running: dict[tuple[str, int], tuple[subprocess.Popen, Any]] = {}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -287,42 +285,43 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    # Long-lived worker processes, one torch thread each: a run costs its search, not a start-up.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=context)
     try:
         with Progress(*columns, console=console) as progress:
             overall = progress.add_task(
                 "runs", total=len(pairs), completed=len(pairs) - len(pending)
             )
+            running: dict[Future, tuple[str, int]] = {}
             bars: dict[tuple[str, int], Any] = {}
             while pending or running:
                 while pending and len(running) < args.workers:
                     algo, seed = pair = pending.pop(0)
-                    log = (logs / f"{algo}-{seed}.log").open("w")
-                    command = [sys.executable, str(TRAIN_SCRIPT), *_run_argv(args, algo, seed)]
-                    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
-                    process = subprocess.Popen(
-                        command, stdout=log, stderr=subprocess.STDOUT, env=env
-                    )
-                    running[pair] = (process, log)
+                    log = logs / f"{algo}-{seed}.log"
+                    future = pool.submit(run_logged, _run_argv(args, algo, seed), str(log))
+                    running[future] = pair
                     bars[pair] = progress.add_task(f"{algo} seed {seed}", total=args.budget)
-                time.sleep(0.5)
-                for pair, (process, log) in list(running.items()):
+                finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future, pair in list(running.items()):
                     progress.update(bars[pair], completed=_distinct_so_far(_run_dir(args, *pair)))
-                    if process.poll() is None:
+                    if future not in finished:
                         continue
-                    log.close()
-                    del running[pair]
+                    del running[future]
                     progress.remove_task(bars[pair])
                     progress.advance(overall)
-                    if process.returncode != 0:
+                    try:
+                        status = future.result()
+                    except BrokenProcessPool:  # a worker died: the run resumes on a rerun
+                        status = "worker died"
+                    if status != 0:
                         failed.append(
                             f"{pair[0]} seed {pair[1]} ({logs / f'{pair[0]}-{pair[1]}.log'})"
                         )
     except KeyboardInterrupt:
-        for process, log in running.values():
-            process.send_signal(signal.SIGINT)  # the runs keep what they measured
-            process.wait()
-            log.close()
+        pool.shutdown(wait=True, cancel_futures=True)  # each run saves what it measured
         return fail("interrupted: rerun the same command to continue the benchmark", 130)
+    pool.shutdown()
     if failed:
         console.print(
             f"{len(failed)} run(s) failed: {'; '.join(failed)}", style="red", soft_wrap=True

@@ -18,6 +18,7 @@ evaluations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -25,6 +26,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -428,6 +430,29 @@ def make_vec_env(
     shared = {**env_kwargs, "evaluator": evaluator}
     env_fns = [partial(_make_env, args.env, shared) for _ in range(args.n_envs)]
     return ThreadedVecEnv(env_fns, on_close=evaluator.close), backend
+
+
+def run_logged(argv: list[str], log_path: str) -> int:
+    """Run one search with everything it prints in ``log_path``; returns its exit status.
+
+    A benchmark's worker processes call this for run after run (no start-up per run).
+    """
+    set_threads(1)
+    with (
+        open(log_path, "w") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        root = logging.getLogger()
+        for handler in root.handlers[:]:  # the last run's handler wrote to its own log
+            root.removeHandler(handler)
+        try:
+            return main(argv)
+        except SystemExit as error:  # bad arguments: the message is in the log
+            return error.code if isinstance(error.code, int) else 2
+        except Exception:
+            traceback.print_exc()
+            return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,4 +21,6 @@ def hyperparams(algo: str, env_id: str | None = None) -> dict[str, Any]:
     entry = _table().get(algo)
     if entry is None:
         raise ValueError(f"{HYPERPARAMS_FILE} has no entry for algorithm {algo!r}")
-    return {**entry.get("default", {}), **(entry.get(env_id, {}) if env_id else {})}
+    merged = {**entry.get("default", {}), **(entry.get(env_id, {}) if env_id else {})}
+    # YAML has no tuples; SB3 wants them (e.g. DQN's train_freq: [1, episode]).
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
