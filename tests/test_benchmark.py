@@ -111,12 +111,34 @@ def test_a_benchmark_of_several_envs_is_refused(tmp_path):
         benchmark_report(load_runs([root, other]), tmp_path / "out", 1)
 
 
-def _benchmark(out: Path, table: Path, *extra: str) -> subprocess.CompletedProcess:
+def _benchmark(
+    out: Path, table: Path, algos: str = "random,evolution", seeds: int = 2, budget: int = 30
+) -> subprocess.CompletedProcess:
     kwargs = json.dumps({"table": str(table)})
     command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", ENV]
-    command += ["--env-kwargs", kwargs, "--algos", "random,evolution", "--seeds", "2"]
-    command += ["--budget", "30", "--workers", "2", "--out", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    command += ["--env-kwargs", kwargs, "--algos", algos, "--seeds", str(seeds)]
+    command += ["--budget", str(budget), "--workers", "2", "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+# The policy learners (evolution and TPE show that they react by finding the optimum, see
+# test_searches.py; TPE keeps exploring, so its late episodes are not better on average).
+LEARNERS = ("reinforce", "ppo", "a2c", "maskable_ppo", "dqn")
+
+
+@pytest.mark.expensive
+def test_every_learning_search_reacts_to_its_rewards(proxy_table, tmp_path):
+    """Over 5 seeds each policy learner's last 100 episodes beat its first 100 (95 % CI > 0)."""
+    out = tmp_path / "learning"
+    done = _benchmark(out, proxy_table, ",".join((*LEARNERS, "random")), seeds=5, budget=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["algo"]: row for row in json.loads((out / "benchmark.json").read_text())["rows"]}
+    for algo in LEARNERS:
+        low, _ = rows[algo]["learning_gain_ci"]
+        assert low > 0, (algo, rows[algo]["learning_gain"], rows[algo]["learning_gain_ci"])
+    # Random search has nothing to learn: its interval straddles 0.
+    low, high = rows["random"]["learning_gain_ci"]
+    assert low < 0 < high
 
 
 @pytest.mark.expensive
