@@ -188,7 +188,9 @@ class TableBuild:
         from n2n_gym.backends import make_backend
 
         resolved = task.resolved()
-        backend = make_backend(resolved, workers=workers, ray_address=ray_address)
+        # One thread per worker whatever the machine: a row is then reproducible anywhere (float
+        # sums depend on the thread count) and the workers do not contend for cores.
+        backend = make_backend(resolved, workers=workers, ray_address=ray_address, threads=1)
         evaluator = resolved.build_evaluator(backend)
         try:
             with ThreadPoolExecutor(max(1, backend.num_workers)) as threads:

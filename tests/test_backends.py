@@ -270,8 +270,10 @@ def test_train_agent_with_two_workers_end_to_end(tmp_path, monkeypatch):
     argv = ["--algo", "reinforce", "--budget", "5", "--workers", "2", "--out", str(out)]
     assert train_agent.main([*argv, "--env-kwargs", env_kwargs]) == 0
     records = read_evaluations(out)
-    # one REINFORCE batch: five environments, evaluated together on the two workers
-    assert [r["evaluation"] for r in records] == list(range(1, 6))
+    # REINFORCE batches of five environments, evaluated together on the two workers, until five
+    # distinct students (a repeat in the first batch takes a second batch)
+    assert [r["evaluation"] for r in records] == list(range(1, len(records) + 1))
+    assert len(records) % 5 == 0
     assert all(r["error"] is None for r in records)
     assert max(r["accuracy"] for r in records) > 0.3
-    assert json.loads((out / "summary.json").read_text())["evaluations"] == 5
+    assert json.loads((out / "summary.json").read_text())["distinct_students"] >= 5

@@ -44,6 +44,7 @@ def make_backend(
     *,
     workers: int = 0,
     ray_address: str | None = None,
+    threads: int | None = None,
 ) -> WorkerBackend:
     """The back-end the command line asks for: Ray when given an address, else a process pool.
 
@@ -51,6 +52,8 @@ def make_backend(
         task: the search's task; workers build their measurer from it.
         workers: pool processes; with Ray the number of actors (0: one per GPU or CPU slot).
         ray_address: a Ray address (see :class:`RayBackend`), or ``None`` for a process pool.
+        threads: torch threads per pool worker (default: the cores divided among them); Ray CPU
+            actors always use one.
 
     Raises:
         BackendConfigError: neither asked for, Ray missing, or the cluster cannot host the workers.
@@ -59,4 +62,4 @@ def make_backend(
         return RayBackend(task, ray_address, workers=workers or None)
     if workers < 1:
         raise BackendConfigError("pass workers=N (N >= 1) or ray_address=ADDRESS")
-    return ProcessPoolBackend(task, workers)
+    return ProcessPoolBackend(task, workers, threads=threads)
