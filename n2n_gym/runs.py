@@ -139,12 +139,17 @@ def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def student_id(record: dict[str, Any]) -> str:
+    """What makes two records the same student (the key; the description for older records)."""
+    return record.get("student_key") or json_line(record.get("student"))
+
+
 def distinct_counts(records: list[dict[str, Any]]) -> list[int]:
     """Distinct students evaluated after each record (what a budget counts)."""
     seen: set[str] = set()
     counts = []
     for record in records:
-        seen.add(record.get("student_key") or json_line(record.get("student")))
+        seen.add(student_id(record))
         counts.append(len(seen))
     return counts
 
@@ -212,7 +217,7 @@ class RunRecorder:
         return None
 
     def _count_student(self, record: dict[str, Any]) -> None:
-        key = record.get("student_key") or json_line(record.get("student"))  # as distinct_counts
+        key = student_id(record)
         new = key not in self.students
         self.students.add(key)
         self.since_new = 0 if new else self.since_new + 1
