@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-ACTIVATIONS = (None, "relu")
+# The activations a conv or linear layer (or a residual block) may end in. A residual block's
+# ``None`` is its ReLU (torchvision's blocks), so the descriptions of existing ResNets stay as they were.
+ACTIVATIONS = (None, "relu", "relu6", "gelu", "gelu_tanh", "silu", "leaky_relu")
 RESIDUAL_BLOCKS = ("basic", "bottleneck")
 
 # Descriptor layout; keep in sync with `unit_descriptor`.
@@ -68,12 +70,15 @@ class Layer:
         kernel: kernel size (conv, pools).
         stride: stride (conv, pools, residual, shortcut).
         padding: zero padding (conv, pools).
-        batch_norm: conv followed by BatchNorm2d.
-        activation: ``"relu"`` or ``None``.
+        batch_norm: conv followed by BatchNorm2d, linear followed by BatchNorm1d.
+        activation: one of :data:`ACTIVATIONS`: conv and linear layers end in it (``None``: none);
+            a residual block uses it inside and after its sum (``None``: ReLU).
+        negative_slope: the slope of ``"leaky_relu"`` below zero.
         block: residual block type, ``"basic"`` or ``"bottleneck"``.
         width: inner width of a residual block (channels of its inner convolutions).
         projection: residual block / shortcut with a 1x1 conv + BN on the skip path.
         p: dropout probability.
+        output_size: the height and width an adaptive pool produces.
     """
 
     kind: str
@@ -84,10 +89,12 @@ class Layer:
     padding: int = 0
     batch_norm: bool = False
     activation: str | None = None
+    negative_slope: float = 0.01
     block: str | None = None
     width: int = 0
     projection: bool = False
     p: float = 0.0
+    output_size: int = 0
 
     @property
     def is_unit(self) -> bool:
@@ -338,6 +345,13 @@ def _global_pool_shape(layer: Layer, shape: TensorShape, where: str) -> TensorSh
     return TensorShape((_feature_maps(shape, where)[0],))
 
 
+def _adaptive_pool_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
+    if layer.output_size < 1:
+        raise InvalidArchitecture(f"{where}: output_size must be at least 1")
+    channels = _feature_maps(shape, where)[0]
+    return TensorShape((channels, layer.output_size, layer.output_size))
+
+
 def _linear_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
     if shape.is_spatial:
         raise InvalidArchitecture(
@@ -353,9 +367,9 @@ def _linear_shape(layer: Layer, shape: TensorShape, where: str) -> TensorShape:
 
 
 def _conv_params(layer: Layer) -> int:
-    bn = 2 * layer.out_channels if layer.batch_norm else 0
-    bias = 0 if layer.batch_norm else layer.out_channels
-    return layer.in_channels * layer.out_channels * layer.kernel**2 + bias + bn
+    # BatchNorm's shift stands in for the bias
+    bn_or_bias = 2 * layer.out_channels if layer.batch_norm else layer.out_channels
+    return layer.in_channels * layer.out_channels * layer.kernel**2 + bn_or_bias
 
 
 def _residual_params(layer: Layer) -> int:
@@ -428,7 +442,7 @@ KINDS: Mapping[str, LayerKind] = MappingProxyType(
         ),
         "linear": LayerKind(
             _linear_shape,
-            params=lambda layer: (layer.in_channels + 1) * layer.out_channels,
+            params=lambda layer: (layer.in_channels + 1 + layer.batch_norm) * layer.out_channels,
             flops=lambda layer, inp, out: layer.in_channels * layer.out_channels,
             resize=_resize_outputs,
             descriptor=lambda layer: {"type_linear": 1.0},
@@ -449,6 +463,8 @@ KINDS: Mapping[str, LayerKind] = MappingProxyType(
         "maxpool": LayerKind(_pool_shape),
         "avgpool": LayerKind(_pool_shape),
         "global_avgpool": LayerKind(_global_pool_shape),
+        "adaptive_avgpool": LayerKind(_adaptive_pool_shape),
+        "adaptive_maxpool": LayerKind(_adaptive_pool_shape),
         "flatten": LayerKind(lambda layer, shape, where: TensorShape((shape.numel,))),
         "dropout": LayerKind(lambda layer, shape, where: shape),
         # the 1x1 conv + BN skip path a removed projection block leaves behind
@@ -471,10 +487,19 @@ STRUCTURAL_KINDS = tuple(name for name, kind in KINDS.items() if not kind.is_uni
 LAYER_KINDS = DECISION_KINDS + STRUCTURAL_KINDS
 
 
+# Pools whose output size does not depend on their input's: removing a unit that changes the
+# spatial size before one of them leaves the head's input as it was.
+FIXED_SIZE_POOLS = ("global_avgpool", "adaptive_avgpool", "adaptive_maxpool")
+
+
 def _output_shape(layer: Layer, shape: TensorShape, index: int) -> TensorShape:
     where = f"layer {index} ({layer.kind})"
     if layer.kind not in KINDS:
         raise InvalidArchitecture(f"{where}: unknown layer kind; expected one of {LAYER_KINDS}")
+    if layer.activation not in ACTIVATIONS:
+        raise InvalidArchitecture(
+            f"{where}: unknown activation {layer.activation!r}; expected one of {ACTIVATIONS[1:]}"
+        )
     return KINDS[layer.kind].output_shape(layer, shape, where)
 
 
@@ -505,13 +530,13 @@ def unit_rules(spec: NetworkSpec) -> list[UnitRule]:
     """Which units may be removed or shrunk.
 
     The first unit (it reads the input image) and the last (the classifier head) always stay.
-    A unit that changes the spatial size may only be removed when the network pools globally
-    before its head; otherwise removal would change the head's input size. A unit whose output
+    A unit that changes the spatial size may only be removed when the network pools to a fixed size
+    (global or adaptive pooling) before its head; otherwise removal would change the head's input size. A unit whose output
     width feeds a residual sum cannot be shrunk on its own (the sum's widths must agree).
     """
     units = spec.unit_indices
     shapes = spec.shapes()
-    has_global_pool = any(layer.kind == "global_avgpool" for layer in spec.layers)
+    has_global_pool = any(layer.kind in FIXED_SIZE_POOLS for layer in spec.layers)
     rules = []
     for position, index in enumerate(units):
         layer = spec.layers[index]
@@ -539,7 +564,9 @@ def unit_rules(spec: NetworkSpec) -> list[UnitRule]:
             and not has_global_pool
         ):
             removable = False
-            reasons.append("changes the spatial size and the head has no global pooling")
+            reasons.append(
+                "changes the spatial size and the head has no global or adaptive pooling"
+            )
         plain = _feeds_only_plain(spec, index)
         shrinkable = skip_path or plain  # a block shrinks only its inner width
         if not shrinkable:

@@ -46,6 +46,7 @@ from n2n_gym.table import (
     world_fingerprint,
 )
 from n2n_gym.task import Task, TaskError
+from n2n_gym.teachers.errors import argument_names
 
 __all__ = ["TableBuild", "main"]
 
@@ -420,7 +421,9 @@ def parse_args(argv: list[str] | None = None):
         "--teacher", default="default", help="teacher checkpoint (default: the bundled one)"
     )
     parser.add_argument(
-        "--teacher-arch", default=None, help="zoo architecture of a plain state dict"
+        "--teacher-arch",
+        default=None,
+        help="architecture of a plain state dict: zoo or torchvision name, or package.module:function",
     )
     parser.add_argument(
         "--allow-pickle",
@@ -509,14 +512,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.fidelity and args.fidelity.startswith("{")
             else args.fidelity
         )
-        task = Task.from_kwargs(
-            teacher=args.teacher,
-            teacher_arch=args.teacher_arch,
-            allow_pickle=args.allow_pickle,
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            **({"fidelity": fidelity} if fidelity else {}),
-        )
+        with argument_names(arch="--teacher-arch", allow_pickle="--allow-pickle"):
+            task = Task.from_kwargs(
+                teacher=args.teacher,
+                teacher_arch=args.teacher_arch,
+                allow_pickle=args.allow_pickle,
+                dataset=args.dataset,
+                data_dir=args.data_dir,
+                **({"fidelity": fidelity} if fidelity else {}),
+            )
         grid = joint_grid(task.teacher_spec, args.ratios, shrink_fixed=args.shrink_fixed)
         out = Path(args.out) if args.out else _default_out(args)
         name = out.name.removesuffix(".gz").removesuffix(".json")

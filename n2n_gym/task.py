@@ -35,6 +35,7 @@ from n2n_gym.data import DATASETS, DataError, DatasetSplits, check_data_source, 
 from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import Teacher, TeacherError, TeacherInfo, inspect_teacher, load_teacher
+from n2n_gym.teachers.errors import argument_names
 
 if TYPE_CHECKING:
     from n2n_gym.arch import NetworkSpec
@@ -143,9 +144,10 @@ def _positive_int(value: object) -> bool:
 def _inspect(
     teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
 ) -> TeacherInfo:
-    return inspect_teacher(
-        teacher, dataset=dataset, arch=arch, allow_pickle=pickle, allow_other_dataset=other
-    )
+    with _task_names():
+        return inspect_teacher(
+            teacher, dataset=dataset, arch=arch, allow_pickle=pickle, allow_other_dataset=other
+        )
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,13 +155,21 @@ def _load(
     teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
 ) -> Teacher:
     # Shared read-only: measurers and the final training copy the module before changing it.
-    return load_teacher(
-        teacher,
-        dataset=dataset,
-        arch=arch,
-        allow_pickle=pickle,
-        allow_other_dataset=other,
-        device="cpu",
+    with _task_names():
+        return load_teacher(
+            teacher,
+            dataset=dataset,
+            arch=arch,
+            allow_pickle=pickle,
+            allow_other_dataset=other,
+            device="cpu",
+        )
+
+
+def _task_names():
+    """Teacher errors name the task's keywords (a command line may have named its flags)."""
+    return argument_names(
+        arch="teacher_arch", allow_pickle="allow_pickle", allow_other_dataset="allow_other_dataset"
     )
 
 
@@ -171,7 +181,9 @@ class Task:
         teacher: ``"default"`` (the bundled teacher of ``dataset``), or the path of a checkpoint
             from ``python -m n2n_gym.teachers train``, a state dict (with ``teacher_arch``) or a
             whole pickled model (with ``allow_pickle``).
-        teacher_arch: zoo architecture of a plain state dict.
+        teacher_arch: the architecture of a plain state dict: a zoo or torchvision model name, or
+            ``"package.module:function"`` returning the untrained model (see
+            :func:`n2n_gym.teachers.load_teacher`'s ``arch``).
         allow_pickle: accept a pickled ``nn.Module`` (unpickling runs code from the file).
         allow_other_dataset: use a checkpoint trained on another data set anyway.
         dataset: data set name (see :data:`n2n_gym.data.DATASETS`).
@@ -345,7 +357,10 @@ class Task:
         if self.device != "auto":
             _parse_device(self.device)
         if self.teacher_arch is not None and not isinstance(self.teacher_arch, str):
-            raise TaskError(f"teacher_arch={self.teacher_arch!r} must be a zoo name")
+            raise TaskError(
+                f"teacher_arch={self.teacher_arch!r} must be a zoo or torchvision model name, or "
+                "'package.module:function' returning the model"
+            )
         if self.measurer == "distill":
             try:
                 check_data_source(self.dataset, self.data_dir)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from n2n_gym.arch import (
     DESCRIPTOR_SIZE,
@@ -21,14 +20,7 @@ from n2n_gym.arch import (
     unit_descriptors,
     unit_rules,
 )
-from n2n_gym.surgery import (
-    KIND_SURGERY,
-    SpecNetwork,
-    UnsupportedModule,
-    build_module,
-    build_student,
-    convert_module,
-)
+from n2n_gym.surgery import KIND_SURGERY, SpecNetwork, build_module, build_student
 from n2n_gym.teachers import ZOO, zoo_spec
 
 
@@ -234,48 +226,6 @@ def test_a_flattening_head_protects_units_that_change_spatial_size():
     assert rules[2].removable
     _plan, student = build_student(build_module(spec, 0), [1.0, 1.0, 0.0, 1.0][: spec.num_units])
     assert student(torch.randn(1, 1, 28, 28)).shape == (1, 10)
-
-
-def test_convert_torchvision_resnet_and_a_sequential_cnn():
-    model = resnet18(num_classes=10).eval()
-    network = convert_module(model, (3, 64, 64), 10)
-    assert network.spec.params == _param_count(model)
-    assert network.spec.num_units == 10  # stem, 8 blocks, head
-    cnn = nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU()),
-        nn.Sequential(),  # an empty container must not confuse the walk
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(8 * 14 * 14, 10),
-    ).eval()
-    converted = convert_module(cnn, (1, 28, 28), 10)
-    x = torch.randn(3, 1, 28, 28)
-    torch.testing.assert_close(converted.eval()(x), cnn(x))
-
-
-def test_convert_refuses_unknown_modules_by_name():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
-    with pytest.raises(UnsupportedModule, match=r"'1' \(GELU\)"):
-        convert_module(model, (1, 28, 28), 10)
-    with pytest.raises(UnsupportedModule, match="10 classes"):
-        convert_module(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), (1, 28, 28), 10)
-
-
-def test_convert_detects_a_forward_that_differs_from_registration_order():
-    class Shuffled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Linear(16, 10)
-            self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, 16))
-
-        def forward(self, x):
-            return self.head(self.features(x))
-
-    with pytest.raises(UnsupportedModule):
-        convert_module(Shuffled(), (1, 28, 28), 10)
 
 
 def test_every_layer_kind_has_surgery():

@@ -4,16 +4,27 @@
 performs, without copying weights into a network; :func:`load_teacher` runs the same checks and then
 builds the network, loads the weights and freezes it.
 
+A plain state dict says nothing of its architecture, so it comes with one of: a zoo name, a
+torchvision classification model's name (``resnet18``, ``vgg16_bn``, ...: torchvision's own stems
+and key names, any class count, the input channels read from the weights), ``module=`` the user's
+own ``nn.Module`` instance, or (from JSON and command lines) the import path of a function that
+builds it, ``"my_package.models:build_net"``. Users' and torchvision's modules are read by
+:func:`n2n_gym.convert.convert_module`. No pickle is involved in any of these.
+
 Checkpoints are plain dicts of tensors and Python values, so they load with
 ``torch.load(weights_only=True)``. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import importlib
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,14 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec
+from n2n_gym.convert import UnsupportedModule, convert_module
 from n2n_gym.data import DATASETS, available_datasets
 from n2n_gym.distill import one_thread, resolve_device
-from n2n_gym.surgery import SpecNetwork, UnsupportedModule, build_module, convert_module
-from n2n_gym.teachers.errors import TeacherError
-from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, InputShape, _check_arch, zoo_spec
+from n2n_gym.surgery import SpecNetwork, build_module
+from n2n_gym.teachers.errors import TeacherError, argument
+from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, InputShape, zoo_spec
 
 __all__ = [
     "Teacher",
@@ -50,7 +63,8 @@ class Teacher:
     Attributes:
         module: the network; layer ``i`` of ``spec`` is child ``i``.
         spec: its description.
-        arch: zoo name, or ``"custom"`` for a converted user module.
+        arch: zoo or torchvision name, the import path of the function that built it, or
+            ``"custom"`` for a user's module.
         dataset: the data set it is used with.
         val_accuracy: top-1 accuracy (fraction) on the held-out validation split as recorded at
             training time; ``None`` when unknown (user modules, other data sets).
@@ -80,7 +94,7 @@ class TeacherInfo:
 
     Attributes:
         spec: the teacher's network description.
-        arch: zoo name, or ``"custom"`` for a converted user module.
+        arch: as for :class:`Teacher`.
         dataset: the data set it is to be used with (the ``dataset`` argument).
         trained_on: the data set the checkpoint records it was trained on; ``None`` for state
             dicts, user modules and checkpoints that record none.
@@ -166,9 +180,9 @@ def _read_torch_file(path: Path, label: str, allow_pickle: bool) -> Any:
         if not allow_pickle:
             raise TeacherError(
                 f"teacher file {label!r} holds a pickled Python object (such as a whole nn.Module); "
-                "unpickling it runs code from the file, so it is refused by default: pass "
-                "allow_pickle=True if you trust the file, or save model.state_dict() instead and "
-                "pass arch=NAME"
+                f"unpickling it runs code from the file, so it is refused by default: pass "
+                f"{argument('allow_pickle', 'True')} if you trust the file, or save "
+                f"model.state_dict() instead and pass {_arch_hint()}"
             ) from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, AttributeError) as error:
         raise TeacherError(
@@ -181,13 +195,26 @@ def _read_torch_file(path: Path, label: str, allow_pickle: bool) -> Any:
         raise TeacherError(
             f"teacher file {label!r} pickles a class that cannot be imported here "
             f"({_first_line(error)}); import the module that defines the model class first, or "
-            "save model.state_dict() instead and pass arch=NAME"
+            f"save model.state_dict() instead and pass {_arch_hint()}"
         ) from None
     except Exception as error:  # unpickling runs arbitrary code: anything can fail
         raise TeacherError(
             f"teacher file {label!r} could not be unpickled ({type(error).__name__}: "
             f"{_first_line(error)})"
         ) from None
+
+
+def _arch_hint() -> str:
+    return (
+        f"{argument('arch', 'NAME')} (a zoo name: {', '.join(ZOO)}; a torchvision "
+        "classification model such as resnet50 or vgg16_bn; or 'package.module:function' "
+        "returning your model)"
+    )
+
+
+def _module_hint() -> str:
+    # only load_teacher itself takes a module object; JSON and command lines name a function
+    return ", or module=YourModel()" if argument("arch") == "arch" else ""
 
 
 def _first_line(error: BaseException) -> str:
@@ -222,8 +249,14 @@ def _check_state(
     Returns:
         The state dict with DataParallel/compile prefixes removed, ready for ``load_state_dict``.
     """
+    return _check_fits(_expected_shapes(spec), state_dict, label, what)
+
+
+def _check_fits(
+    own: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Any], label: str, what: str
+) -> dict[str, Any]:
+    """:func:`_check_state` against the tensor names and shapes ``own`` of any network."""
     state_dict = _strip_prefixes(state_dict)
-    own = _expected_shapes(spec)
     problems = []
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]
@@ -244,6 +277,10 @@ def _check_state(
     return state_dict
 
 
+class _DoesNotFit(TeacherError):
+    """Weights that do not fit one candidate architecture (another may still fit)."""
+
+
 def _some(keys: list[str], limit: int = 3) -> str:
     shown = ", ".join(keys[:limit])
     return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
@@ -260,6 +297,7 @@ def _read_and_check(
     input_shape: InputShape | None,
     num_classes: int | None,
     arch: str | None,
+    module: nn.Module | None,
     allow_pickle: bool,
     allow_other_dataset: bool,
 ) -> _Checked:
@@ -268,6 +306,11 @@ def _read_and_check(
     label = os.fspath(teacher)
     if arch is not None:
         _check_arch(arch)
+    if module is not None and (arch is not None or not isinstance(module, nn.Module)):
+        raise TeacherError(
+            f"module={type(module).__name__}: pass an nn.Module instance (your model, whose "
+            f"state dict the file holds), and not together with {argument('arch')}"
+        )
     if label == "default":
         if dataset not in BUNDLED_TEACHERS:
             raise TeacherError(
@@ -297,13 +340,13 @@ def _read_and_check(
     trained_on: str | None = None
     recorded_acc: tuple[Any, Any] = (None, None)
     state_dict: dict[str, Any] | None = None
-    module: SpecNetwork | None = None
     checkpoint = False
+    converted: SpecNetwork | None = None
     if isinstance(content, nn.Module):
         # Converting traces the module with a forward pass: keep torch's thread pool unstarted.
         with one_thread():
-            module = _convert_user_module(content, label, dataset, shape, classes)
-        spec, arch_name = module.spec, "custom"
+            converted = _convert_user_module(content, label, dataset, shape, classes)
+        spec, arch_name = converted.spec, "custom"
     elif isinstance(content, Mapping) and "spec" in content and "state_dict" in content:
         spec, state_dict, arch_name = _check_checkpoint(content, label, arch)
         checkpoint = True
@@ -318,16 +361,17 @@ def _read_and_check(
             raise TeacherError(
                 f"teacher file {label!r} holds a dict that is neither a checkpoint from "
                 "`python -m n2n_gym.teachers train` nor a state dict of tensors; save "
-                "model.state_dict() and pass arch=NAME"
+                f"model.state_dict() and pass {_arch_hint()}"
             )
-        if arch is None:
+        if arch is None and module is None:
             raise TeacherError(
                 f"teacher file {label!r} holds a plain state dict, which does not say its "
-                f"architecture; pass arch=NAME with one of {', '.join(ZOO)}"
+                f"architecture; pass {_arch_hint()}{_module_hint()}"
             )
-        spec = zoo_spec(arch, shape, classes)
-        state_dict = _check_state(spec, weights, label, _describe_arch(arch, shape, classes))
-        arch_name = arch
+        spec, state_dict, converted = _state_dict_teacher(
+            weights, label, arch, module, dataset, shape, classes
+        )
+        arch_name = arch or "custom"
     else:
         raise TeacherError(
             f"teacher file {label!r} holds a {type(content).__name__}, not a teacher; expected a "
@@ -348,7 +392,8 @@ def _read_and_check(
         if not allow_other_dataset:
             raise TeacherError(
                 f"teacher {label!r} was trained on {trained_on!r}, not dataset {dataset!r}: pass "
-                f"the teacher trained for {dataset!r}, or allow_other_dataset=True to use it anyway"
+                f"the teacher trained for {dataset!r}, or "
+                f"{argument('allow_other_dataset', 'True')} to use it anyway"
             )
         logger.warning(
             "teacher %s was trained on %r but is used with %r; its recorded accuracy is ignored",
@@ -371,7 +416,7 @@ def _read_and_check(
         test_accuracy=test_acc,
         source=source,
     )
-    return _Checked(info, state_dict=state_dict, module=module)
+    return _Checked(info, state_dict=state_dict, module=converted)
 
 
 def inspect_teacher(
@@ -381,6 +426,7 @@ def inspect_teacher(
     input_shape: InputShape | None = None,
     num_classes: int | None = None,
     arch: str | None = None,
+    module: nn.Module | None = None,
     allow_pickle: bool = False,
     allow_other_dataset: bool = False,
 ) -> TeacherInfo:
@@ -398,6 +444,7 @@ def inspect_teacher(
         input_shape: as for :func:`load_teacher`.
         num_classes: as for :func:`load_teacher`.
         arch: as for :func:`load_teacher`.
+        module: as for :func:`load_teacher`.
         allow_pickle: as for :func:`load_teacher`.
         allow_other_dataset: as for :func:`load_teacher`.
 
@@ -414,6 +461,7 @@ def inspect_teacher(
         input_shape=input_shape,
         num_classes=num_classes,
         arch=arch,
+        module=module,
         allow_pickle=allow_pickle,
         allow_other_dataset=allow_other_dataset,
     ).info
@@ -426,6 +474,7 @@ def load_teacher(
     input_shape: InputShape | None = None,
     num_classes: int | None = None,
     arch: str | None = None,
+    module: nn.Module | None = None,
     allow_pickle: bool = False,
     allow_other_dataset: bool = False,
     device: str | torch.device = "cpu",
@@ -435,15 +484,19 @@ def load_teacher(
     Args:
         teacher: ``"default"`` for the bundled teacher of ``dataset`` (MNIST only), or a path to
             a checkpoint from :func:`~n2n_gym.teachers.train_teacher`, a state dict saved with
-            ``torch.save(model.state_dict())`` (needs ``arch``), or a whole pickled ``nn.Module``
-            (needs ``allow_pickle``).
+            ``torch.save(model.state_dict())`` (needs ``arch`` or ``module``), or a whole pickled
+            ``nn.Module`` (needs ``allow_pickle``).
         dataset: the data set the teacher will be used with; fixes the expected input shape and
             class count (see :data:`n2n_gym.data.DATASETS`).
         input_shape: expected ``(C, H, W)``, overriding the data set's (for data sets outside the
             registry).
         num_classes: expected class count, overriding the data set's.
-        arch: zoo name of the architecture a plain state dict was trained with; for a checkpoint
-            it must match the recorded one.
+        arch: the architecture of a plain state dict: a zoo name, a torchvision classification
+            model name (its own stem and key names; the class count from ``dataset``, the input
+            channels from the weights), or ``"package.module:function"``, a function that
+            returns the untrained model. For a checkpoint it must match the recorded one.
+        module: the user's model (an instance of its class) that the state dict belongs to;
+            its weights are not changed (a copy is loaded).
         allow_pickle: allow unpickling a whole ``nn.Module``. Unpickling runs code from the file;
             only enable it for files you trust.
         allow_other_dataset: use a checkpoint that records another data set than ``dataset``
@@ -466,6 +519,7 @@ def load_teacher(
         input_shape=input_shape,
         num_classes=num_classes,
         arch=arch,
+        module=module,
         allow_pickle=allow_pickle,
         allow_other_dataset=allow_other_dataset,
     )
@@ -477,6 +531,133 @@ def load_teacher(
     return _finish(
         module, info.arch, dataset, info.val_accuracy, info.test_accuracy, info.source, device
     )
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@functools.cache
+def _torchvision_names() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def _check_arch(arch: str) -> None:
+    if not isinstance(arch, str) or not (
+        arch in ZOO or arch in _torchvision_names() or _IMPORT_PATH.match(arch)
+    ):
+        raise TeacherError(
+            f"unknown teacher architecture {argument('arch', repr(arch))}; pass a zoo name "
+            f"({', '.join(ZOO)}), a torchvision classification model (e.g. resnet18, resnet50, "
+            "vgg16_bn) or 'package.module:function' returning your model"
+        )
+
+
+def _state_dict_teacher(
+    weights: Mapping[str, Any],
+    label: str,
+    arch: str | None,
+    module: nn.Module | None,
+    dataset: str,
+    shape: InputShape,
+    classes: int,
+) -> tuple[NetworkSpec, dict[str, Any] | None, SpecNetwork | None]:
+    """The description of a plain state dict's network, and its weights or converted network.
+
+    Zoo weights stay a state dict (no forward pass); anything else is loaded into its module and
+    converted. A name in both the zoo and torchvision (resnet18) is whichever the weights fit.
+    """
+    if arch in ZOO:
+        spec = zoo_spec(arch, shape, classes)
+        try:
+            return (
+                spec,
+                _check_state(spec, weights, label, _describe_arch(arch, shape, classes)),
+                None,
+            )
+        except TeacherError as zoo_error:
+            if arch not in _torchvision_names():
+                raise
+            try:
+                model = _torchvision_model(arch, weights, label, classes)
+            except _DoesNotFit as error:
+                raise TeacherError(
+                    f"the weights in {label!r} fit neither the zoo's {arch} (for small images: "
+                    f"{_first_line(zoo_error).split(': ', 1)[-1]}) nor torchvision's ({error})"
+                ) from None
+    elif module is not None:
+        model = copy.deepcopy(module)
+        _load_weights(model, weights, label, f"your {type(module).__name__}")
+    elif arch in _torchvision_names():
+        model = _torchvision_model(arch, weights, label, classes)
+    else:
+        model = _built_by(arch, label)
+        _load_weights(model, weights, label, f"the model {arch} builds")
+    with one_thread():
+        converted = _convert_user_module(model, label, dataset, shape, classes)
+    return converted.spec, None, converted
+
+
+def _load_weights(model: nn.Module, weights: Mapping[str, Any], label: str, what: str) -> None:
+    own = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    model.load_state_dict(_check_fits(own, weights, label, what))
+
+
+def _torchvision_model(
+    arch: str, weights: Mapping[str, Any], label: str, classes: int
+) -> nn.Module:
+    """torchvision's ``arch`` for ``classes`` classes, its first conv reading the weights' channels."""
+    model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    weights = _strip_prefixes(weights)
+    name, first = next(
+        ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None)
+    )
+    given = weights.get(f"{name}.weight") if first is not None else None
+    if isinstance(given, torch.Tensor) and given.ndim == 4 and given.shape[1] != first.in_channels:
+        if tuple(given.shape[2:]) != first.kernel_size:
+            raise _DoesNotFit(
+                f"{name}.weight is {list(given.shape)} in the file but torchvision's {arch} stem "
+                f"is {list(first.weight.shape)}: a changed stem needs your model, pass "
+                f"{argument('arch', repr('package.module:function'))}{_module_hint()}"
+            )
+        parent, _, child = name.rpartition(".")
+        replacement = nn.Conv2d(
+            int(given.shape[1]),
+            first.out_channels,
+            first.kernel_size,
+            first.stride,
+            first.padding,
+            bias=first.bias is not None,
+        )
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+    own = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    try:
+        model.load_state_dict(_check_fits(own, weights, label, f"torchvision's {arch}"))
+    except TeacherError as error:
+        raise _DoesNotFit(str(error)) from None
+    return model
+
+
+def _built_by(arch: str, label: str) -> nn.Module:
+    """The model that the function at import path ``package.module:function`` returns."""
+    module_name, _, function_name = arch.partition(":")
+    where = argument("arch", repr(arch))
+    try:
+        builder = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise TeacherError(
+            f"{where}: cannot import it ({_first_line(error)}); the module must be importable "
+            "here (installed, or on PYTHONPATH) and define that function or class"
+        ) from None
+    try:
+        model = builder()
+    except Exception as error:  # the user's code: anything can fail
+        raise TeacherError(
+            f"{where}: calling it failed ({type(error).__name__}: {_first_line(error)}); it must "
+            "take no arguments and return the untrained model"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise TeacherError(f"{where} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def _convert_user_module(
@@ -500,8 +681,9 @@ def _check_checkpoint(
     recorded = str(content.get("arch", "custom"))
     if arch is not None and arch != recorded:
         raise TeacherError(
-            f"teacher file {label!r} is a {recorded} checkpoint but arch={arch!r} was passed; "
-            "leave arch out (checkpoints record their architecture) or pass the right file"
+            f"teacher file {label!r} is a {recorded} checkpoint but {argument('arch', repr(arch))} "
+            f"was passed; leave {argument('arch')} out (checkpoints record their architecture) or "
+            "pass the right file"
         )
     try:
         spec = NetworkSpec.from_dict(content["spec"])
