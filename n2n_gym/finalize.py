@@ -33,6 +33,7 @@ from n2n_gym.distill import (
     resolve_device,
 )
 from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_task
+from n2n_gym.export import ExportError, export_student
 from n2n_gym.students import save_student
 from n2n_gym.surgery import build_student
 from n2n_gym.teachers import Teacher
@@ -326,6 +327,12 @@ def finish_run(
     out_dir = Path(out_dir or run_dir)
     facts = {k: v for k, v in report.to_dict().items() if k not in ("student", "history")}
     path = save_student(out_dir / STUDENT_FILE, trained.module, student, facts)
+    # Files that load without n2n_gym; a failed export does not cost the trained student.
+    try:
+        exports = export_student(trained.module, student.teacher.input_shape, out_dir)
+        report.extra["exports"] = {kind: str(p) for kind, p in exports.items()}
+    except ExportError as error:
+        logger.warning("the student was saved to %s but not exported: %s", path, error)
     write_json_atomic(out_dir / REPORT_FILE, report.to_dict())
     logger.info("saved %s and %s", path, out_dir / REPORT_FILE)
     return report, path
@@ -350,5 +357,8 @@ def report_table(report: StudentReport, path: Path | None = None) -> Table:
     caption = f"accuracy drop {report.accuracy_drop_pp:+.2f} pp"
     if path is not None:
         caption += f"; saved to {path} (n2n_gym.students.load_student)"
+    exports = report.extra.get("exports", {})
+    if exports:
+        caption += "; exported to " + ", ".join(exports.values())
     table.caption = caption
     return table

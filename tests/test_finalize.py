@@ -13,6 +13,7 @@ import train_agent
 from n2n_gym.arch import StudentDescription
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import accuracy
+from n2n_gym.export import export_student
 from n2n_gym.runs import BEST_WEIGHTS_FILE, read_evaluations
 from n2n_gym.students import StudentFileError, load_student, save_student
 from n2n_gym.surgery import build_student
@@ -93,6 +94,49 @@ def test_evaluate_reports_on_the_test_set_and_the_student_reloads(real_run, mnis
     x, y = mnist.split("test")
     assert accuracy(student.module, x, y) == pytest.approx(report["test_accuracy"], abs=1e-9)
     assert student.metadata["test_accuracy"] == report["test_accuracy"]
+    assert set(report["exports"]) == {"torchscript", "onnx"}  # the test extra has onnx
+
+
+LOAD_WITHOUT_N2N_GYM = """
+import sys
+sys.modules["n2n_gym"] = None  # any import of n2n_gym fails
+import numpy as np, onnxruntime, torch
+images = torch.load(sys.argv[1])
+scripted = torch.jit.load(sys.argv[2])(images)
+session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+(onnx,) = session.run(None, {"images": images.numpy()})
+torch.save({"torchscript": scripted.detach(), "onnx": torch.from_numpy(onnx)}, sys.argv[4])
+"""
+
+
+def test_the_exported_student_loads_without_n2n_gym_and_computes_the_same(tmp_path):
+    teacher = load_teacher("default")
+    description = StudentDescription(teacher.spec, (1, 0.5, 0, 1, 0.5, 0, 0, 0.5, 1))
+    _, module = build_student(teacher.module, description)
+    files = export_student(module, (1, 28, 28), tmp_path)
+    assert set(files) == {"torchscript", "onnx"}
+    images = torch.randn(7, 1, 28, 28)  # another batch size than the export's example
+    torch.save(images, tmp_path / "images.pt")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_N2N_GYM)
+    outputs = tmp_path / "outputs.pt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "images.pt"),
+            str(files["torchscript"]),
+            str(files["onnx"]),
+            str(outputs),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = module.eval()(images).detach()
+    for kind, got in torch.load(outputs).items():
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3, msg=kind)
 
 
 @pytest.mark.expensive
