@@ -30,7 +30,7 @@ def sb3_defaults(
     on-policy agents, a rollout of whole episodes, so every update sees finished students — as
     REINFORCE's m rollouts do. The rest comes from ``agents/hyperparams.yml``.
     """
-    if algo == "dqn":
+    if algo in ("dqn", "qrdqn"):  # off-policy: no rollouts
         return {"gamma": 1.0}
     rollout_episodes = max(1, -(-episodes_per_update // n_envs))  # ceil: about m per update
     n_steps = episode_length * rollout_episodes

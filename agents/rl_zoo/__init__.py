@@ -1,0 +1,65 @@
+"""Hyperparameters for RL Zoo (``rl_zoo3``), made from ``agents/hyperparams.yml`` (one source).
+
+RL Zoo reads a Python package's ``hyperparams`` dict, one entry per environment id, through
+``--conf-file``; each module of this package is that for one of RL Zoo's algorithms::
+
+    python -m rl_zoo3.train --algo ppo --env N2NRemoval-v2 --gym-packages n2n_gym \\
+        --conf-file agents.rl_zoo.ppo
+
+Every registered N2N id gets the entry that ``train_agent.py`` would use: the file's settings
+for that algorithm and id, plus what follows from the terminal reward (``gamma=1``, rollouts of
+whole episodes, see :func:`agents.sb3.sb3_defaults`), ``MultiInputPolicy`` for the ``Dict``
+observation (``MultiInputLstmPolicy`` for ``ppo_lstm``) and ``n_timesteps`` for
+:data:`EPISODES` episodes.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import gymnasium as gym
+
+import n2n_gym  # noqa: F401 (registers the environments)
+from agents.hyperparams import hyperparams as file_hyperparams
+from agents.sb3 import sb3_defaults
+from n2n_gym.data import DATASETS
+from n2n_gym.teachers import zoo_spec
+
+# RL Zoo's algorithm name -> the name in agents/hyperparams.yml and its policy
+ZOO_ALGOS: dict[str, tuple[str, str]] = {
+    "ppo": ("ppo", "MultiInputPolicy"),
+    "a2c": ("a2c", "MultiInputPolicy"),
+    "dqn": ("dqn", "MultiInputPolicy"),
+    "ppo_lstm": ("recurrent_ppo", "MultiInputLstmPolicy"),
+    "trpo": ("trpo", "MultiInputPolicy"),
+    "qrdqn": ("qrdqn", "MultiInputPolicy"),
+}
+EPISODES = 200  # about train_agent.py's default budget of 100 distinct students, with repeats
+
+
+def n2n_ids() -> list[str]:
+    """Every registered N2N environment id."""
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("N2N"))
+
+
+def episode_length(env_id: str) -> int:
+    """Steps per episode (one per decision unit of the id's default teacher), without its weights."""
+    kwargs = gym.spec(env_id).kwargs
+    dataset = DATASETS[kwargs.get("dataset", "mnist")]
+    arch = kwargs.get("teacher_arch") or "small_vgg"  # the bundled teacher's architecture
+    return zoo_spec(arch, dataset.input_shape, dataset.num_classes).num_units
+
+
+@cache
+def zoo_hyperparams(zoo_algo: str) -> dict[str, dict[str, Any]]:
+    """RL Zoo's ``hyperparams`` for ``zoo_algo``: one entry per N2N id."""
+    algo, policy = ZOO_ALGOS[zoo_algo]
+    table = {}
+    for env_id in n2n_ids():
+        length = episode_length(env_id)
+        entry = {**sb3_defaults(algo, length, n_envs=1), **file_hyperparams(algo, env_id)}
+        # YAML and RL Zoo's saved config want lists; RL Zoo turns train_freq back into a tuple
+        entry = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()}
+        table[env_id] = {"policy": policy, "n_timesteps": length * EPISODES, **entry}
+    return table
