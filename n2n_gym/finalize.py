@@ -32,8 +32,8 @@ from n2n_gym.distill import (
     prepare_module,
     resolve_device,
 )
-from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_task
 from n2n_gym.export import ExportError, export_student
+from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_task
 from n2n_gym.students import save_student
 from n2n_gym.surgery import build_student
 from n2n_gym.teachers import Teacher
