@@ -26,7 +26,14 @@ ONNX_FILE = "student.onnx"
 
 
 class ExportError(RuntimeError):
-    """An export that could not be written, or that computes something else than the student."""
+    """An export that could not be written, or that computes something else than the student.
+
+    ``written`` holds the formats that did export.
+    """
+
+    def __init__(self, message: str, written: dict[str, Path] | None = None) -> None:
+        super().__init__(message)
+        self.written = written or {}
 
 
 def onnx_available() -> bool:
@@ -58,15 +65,22 @@ def export_student(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student = copy.deepcopy(module).cpu().eval()
-    example = torch.zeros(1, *input_shape)
+    # A batch of 1 would let torch.export specialise the batch size to 1 (and refuse it as dynamic).
+    example = torch.zeros(2, *input_shape)
     check = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = student(check)
-    written = {"torchscript": _torchscript(student, example, check, expected, out_dir)}
     if onnx is None:
         onnx = onnx_available()
-    if onnx:
-        written["onnx"] = _onnx(student, example, check, expected, out_dir)
+    exporters = {"torchscript": _torchscript, **({"onnx": _onnx} if onnx else {})}
+    written, failures = {}, []
+    for kind, exporter in exporters.items():  # one failed format does not cost the other
+        try:
+            written[kind] = exporter(student, example, check, expected, out_dir)
+        except ExportError as error:
+            failures.append(str(error))
+    if failures:
+        raise ExportError("; ".join(failures), written)
     logger.info("exported the student to %s", ", ".join(str(p) for p in written.values()))
     return written
 
@@ -85,12 +99,15 @@ def _torchscript(
 ) -> Path:
     path = out_dir / TORCHSCRIPT_FILE
     temporary = path.with_suffix(".tmp")
-    with warnings.catch_warnings():
-        # torch.jit is deprecated upstream, and still what loads everywhere without Python code
-        warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(student, example)
-        torch.jit.save(traced, str(temporary))
-        reloaded = torch.jit.load(str(temporary))
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is deprecated upstream, and still what loads everywhere without n2n_gym
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(student, example)
+            torch.jit.save(traced, str(temporary))
+            reloaded = torch.jit.load(str(temporary))
+    except Exception as error:  # the tracer's failures come in many types
+        raise ExportError(f"TorchScript export failed ({type(error).__name__}: {error})") from error
     with torch.no_grad():
         _close(reloaded(check), expected, "TorchScript")
     os.replace(temporary, path)
@@ -118,9 +135,11 @@ def _onnx(
             output_names=["logits"],
             dynamic_shapes=({0: batch},),
             external_data=False,
+            verbose=False,
         )
     except Exception as error:  # the exporter's failures come in many types
-        raise ExportError(f"ONNX export failed ({type(error).__name__}: {error})") from error
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExportError(f"ONNX export failed ({type(error).__name__}: {message})") from error
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 

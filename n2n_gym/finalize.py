@@ -330,9 +330,10 @@ def finish_run(
     # Files that load without n2n_gym; a failed export does not cost the trained student.
     try:
         exports = export_student(trained.module, student.teacher.input_shape, out_dir)
-        report.extra["exports"] = {kind: str(p) for kind, p in exports.items()}
     except ExportError as error:
-        logger.warning("the student was saved to %s but not exported: %s", path, error)
+        exports = error.written
+        logger.warning("the student was saved to %s; not every export worked: %s", path, error)
+    report.extra["exports"] = {kind: str(p) for kind, p in exports.items()}
     write_json_atomic(out_dir / REPORT_FILE, report.to_dict())
     logger.info("saved %s and %s", path, out_dir / REPORT_FILE)
     return report, path
