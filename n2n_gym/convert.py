@@ -257,22 +257,10 @@ class _Reader:
                         f"{_where(node)} combines several tensors; supported: one data path with "
                         f"residual additions ({SUPPORTED})"
                     )
-                self._apply(node, read_step(node), self.layers, self.sources)
+                _apply_step(node, read_step(node), self.layers, self.sources)
                 current = node
             else:
                 current = self._residual(current, users)
-
-    @staticmethod
-    def _apply(
-        node: fx.Node, step: _Step, layers: list[Layer], sources: list[_Parts | None]
-    ) -> None:
-        if step.layer is not None:
-            layers.append(step.layer)
-            sources.append(step.parts)
-        elif step.norm is not None:
-            _fold_norm(node, step.norm, layers, sources)
-        elif step.activation is not None:
-            _fold_activation(node, step.activation, layers)
 
     def _residual(self, fork: fx.Node, users: list[fx.Node]) -> fx.Node:
         """Read a residual block starting at ``fork``; returns the node after its activation."""
@@ -308,6 +296,19 @@ class _Reader:
         return after[0]
 
 
+def _apply_step(
+    node: fx.Node, step: _Step, layers: list[Layer], sources: list[_Parts | None]
+) -> None:
+    """Add the layer a node starts, or complete the last one with its BatchNorm or activation."""
+    if step.layer is not None:
+        layers.append(step.layer)
+        sources.append(step.parts)
+    elif step.norm is not None:
+        _fold_norm(node, step.norm, layers, sources)
+    elif step.activation is not None:
+        _fold_activation(node, step.activation, layers)
+
+
 def _branch(fork: fx.Node, start: fx.Node) -> tuple[list[fx.Node], fx.Node]:
     """The nodes of one branch from ``fork`` up to (not including) the node joining it."""
     nodes: list[fx.Node] = []
@@ -334,7 +335,7 @@ def _read_branch(nodes: list[fx.Node]) -> tuple[list[Layer], list[_Parts | None]
                 f"{_where(node)} inside a residual block; supported there: Conv2d, BatchNorm2d "
                 "and activations"
             )
-        _Reader._apply(node, step, layers, sources)
+        _apply_step(node, step, layers, sources)
     return layers, sources
 
 

@@ -24,7 +24,7 @@ import n2n_gym  # noqa: F401 (registers the environments)
 from agents.hyperparams import hyperparams as file_hyperparams
 from agents.sb3 import sb3_defaults
 from n2n_gym.data import DATASETS
-from n2n_gym.teachers import zoo_spec
+from n2n_gym.teachers import inspect_teacher, zoo_spec
 
 # RL Zoo's algorithm name -> the name in agents/hyperparams.yml and its policy
 ZOO_ALGOS: dict[str, tuple[str, str]] = {
@@ -46,9 +46,11 @@ def n2n_ids() -> list[str]:
 def episode_length(env_id: str) -> int:
     """Steps per episode (one per decision unit of the id's default teacher), without its weights."""
     kwargs = gym.spec(env_id).kwargs
-    dataset = DATASETS[kwargs.get("dataset", "mnist")]
-    arch = kwargs.get("teacher_arch") or "small_vgg"  # the bundled teacher's architecture
-    return zoo_spec(arch, dataset.input_shape, dataset.num_classes).num_units
+    dataset = kwargs.get("dataset", "mnist")
+    if kwargs.get("teacher", "default") == "default":  # the bundled teacher, read not loaded
+        return inspect_teacher("default", dataset=dataset).spec.num_units
+    info = DATASETS[dataset]  # a paper id: its zoo architecture, trained by the user
+    return zoo_spec(kwargs["teacher_arch"], info.input_shape, info.num_classes).num_units
 
 
 @cache
