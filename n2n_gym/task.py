@@ -31,8 +31,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from n2n_gym.cache import MeasurementCache, json_digest
-from n2n_gym.data import DATASETS, DataError, DatasetSplits, check_data_source, load_dataset
+from n2n_gym.data import (
+    DATASETS,
+    IMAGE_FOLDER,
+    DataError,
+    DatasetInfo,
+    DatasetSplits,
+    available_datasets,
+    check_data_source,
+    default_val_size,
+    load_dataset,
+)
 from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
+from n2n_gym.image_folder import (
+    ImageFolderConfig,
+    folder_info,
+    resolve_normalisation,
+    resolve_shape,
+    scan_folder,
+)
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import Teacher, TeacherError, TeacherInfo, inspect_teacher, load_teacher
 from n2n_gym.teachers.errors import argument_names
@@ -40,6 +57,7 @@ from n2n_gym.teachers.errors import argument_names
 if TYPE_CHECKING:
     from n2n_gym.arch import NetworkSpec
     from n2n_gym.evaluation import Evaluator
+    from n2n_gym.image_folder import FolderLayout
     from n2n_gym.measure import Measurer
     from n2n_gym.table import Table
 
@@ -142,28 +160,47 @@ def _positive_int(value: object) -> bool:
 # disk is read again: the envs, the search and the run's final steps share one read and one load.
 @functools.lru_cache(maxsize=32)
 def _inspect(
-    teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
+    teacher: str,
+    dataset: str,
+    io: tuple | None,
+    arch: str | None,
+    pickle: bool,
+    other: bool,
+    stamp: tuple,
 ) -> TeacherInfo:
     with _task_names():
         return inspect_teacher(
-            teacher, dataset=dataset, arch=arch, allow_pickle=pickle, allow_other_dataset=other
+            teacher, **_io(dataset, io), arch=arch, allow_pickle=pickle, allow_other_dataset=other
         )
 
 
 @functools.lru_cache(maxsize=2)
 def _load(
-    teacher: str, dataset: str, arch: str | None, pickle: bool, other: bool, stamp: tuple
+    teacher: str,
+    dataset: str,
+    io: tuple | None,
+    arch: str | None,
+    pickle: bool,
+    other: bool,
+    stamp: tuple,
 ) -> Teacher:
     # Shared read-only: measurers and the final training copy the module before changing it.
     with _task_names():
         return load_teacher(
             teacher,
-            dataset=dataset,
+            **_io(dataset, io),
             arch=arch,
             allow_pickle=pickle,
             allow_other_dataset=other,
             device="cpu",
         )
+
+
+def _io(dataset: str, io: tuple | None) -> dict[str, Any]:
+    """The data set's name, and for an image folder its input shape and class count."""
+    if io is None:
+        return {"dataset": dataset}
+    return {"dataset": dataset, "input_shape": io[0], "num_classes": io[1]}
 
 
 def _task_names():
@@ -186,9 +223,17 @@ class Task:
             :func:`n2n_gym.teachers.load_teacher`'s ``arch``).
         allow_pickle: accept a pickled ``nn.Module`` (unpickling runs code from the file).
         allow_other_dataset: use a checkpoint trained on another data set anyway.
-        dataset: data set name (see :data:`n2n_gym.data.DATASETS`).
+        dataset: data set name (see :data:`n2n_gym.data.DATASETS`), or ``"imagefolder"``: the
+            user's images in ``torchvision.datasets.ImageFolder`` layout at ``data_dir``.
         data_dir: its folder (torchvision layout); ``None`` for the bundled MNIST.
-        val_size: training images held out as the validation split rewards are measured on.
+        image_folder: for ``"imagefolder"``: image size, channels and normalisation
+            (:class:`~n2n_gym.image_folder.ImageFolderConfig` or a dict of its fields); what is
+            left out is resolved when the task is made (the first image's size and channels; the
+            normalisation the teacher's checkpoint records, else measured on the training
+            images) and recorded here.
+        val_size: training images held out as the validation split rewards are measured on;
+            ``None``: 5000, or a tenth of an image folder's training images (at most 5000). For
+            an image folder, a fidelity ``eval_size`` above it means the whole split.
         split_seed: seeds that hold-out (0 is the split teachers are trained without).
         fidelity: how much distillation one measurement gets.
         constraints: the reward's constraints and error reward.
@@ -216,7 +261,8 @@ class Task:
     allow_other_dataset: bool = False
     dataset: str = "mnist"
     data_dir: str | None = None
-    val_size: int = 5000
+    image_folder: ImageFolderConfig | None = None
+    val_size: int | None = None
     split_seed: int = 0
     fidelity: DistillConfig = field(default_factory=lambda: FIDELITY_PRESETS["fast"])
     constraints: RewardConfig = field(default_factory=RewardConfig)
@@ -304,6 +350,8 @@ class Task:
         data = asdict(self)
         data["fidelity"] = self.fidelity.to_dict()
         data["constraints"] = self.constraints.to_dict()
+        if self.image_folder is not None:
+            data["image_folder"] = self.image_folder.to_dict()
         return data
 
     def replace(self, **changes: Any) -> Task:
@@ -322,12 +370,13 @@ class Task:
                 f"evaluator={self.measurer!r}: use 'distill' (real distillation), 'table' (a "
                 "measured table) or 'proxy' (cheap stand-in)"
             )
-        if self.dataset not in DATASETS:
-            guess = closest(str(self.dataset), list(DATASETS))
+        if self.dataset not in available_datasets():
+            guess = closest(str(self.dataset), available_datasets())
             raise TaskError(
                 f"dataset={self.dataset!r} is unknown"
                 + (f" (did you mean {guess!r}?)" if guess else "")
-                + f"; available: {', '.join(sorted(DATASETS))}"
+                + f"; available: {', '.join(available_datasets())} (your own images: "
+                "dataset='imagefolder', data_dir=ROOT)"
             )
         for name in ("allow_pickle", "allow_other_dataset", "inherit_weights"):
             if not isinstance(getattr(self, name), bool):
@@ -336,7 +385,7 @@ class Task:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TaskError(f"{name}={value!r} must be an integer")
-        info = DATASETS[self.dataset]
+        info = self._resolve_data()
         if not _positive_int(self.val_size) or self.val_size >= info.train_size:
             raise TaskError(
                 f"val_size={self.val_size!r}: hold out between 1 and {info.train_size - 1} of the "
@@ -361,7 +410,7 @@ class Task:
                 f"teacher_arch={self.teacher_arch!r} must be a zoo or torchvision model name, or "
                 "'package.module:function' returning the model"
             )
-        if self.measurer == "distill":
+        if self.measurer == "distill" and self.dataset != IMAGE_FOLDER:
             try:
                 check_data_source(self.dataset, self.data_dir)
             except DataError as error:
@@ -371,9 +420,54 @@ class Task:
                 f"cache_path={self.cache_path!r} is a folder; pass a file such as "
                 f"{Path(self.cache_path) / 'rewards.sqlite'}"
             )
-        self.teacher_info  # noqa: B018 (reads and checks the teacher file)
+        info = self.teacher_info  # reads and checks the teacher file
+        if self.dataset == IMAGE_FOLDER and self.image_folder.mean is None:
+            self._set(
+                "image_folder",
+                resolve_normalisation(self._folder_layout(), self.image_folder, info.normalisation),
+            )
         if self.measurer == "table":
             self.load_table()  # exists, intact, and measured for this task
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def _folder_layout(self) -> FolderLayout:
+        try:
+            return scan_folder(self.data_dir)
+        except DataError as error:
+            raise TaskError(str(error)) from None
+
+    def _resolve_data(self) -> DatasetInfo:
+        """The data set's facts; for an image folder, its size and channels resolved here, and the
+        default validation and evaluation sizes fitted to its image count."""
+        if self.dataset != IMAGE_FOLDER:
+            if self.image_folder is not None:
+                raise TaskError(
+                    f"image_folder= applies to dataset='imagefolder', not {self.dataset!r}"
+                )
+            if self.val_size is None:
+                self._set(
+                    "val_size", default_val_size(self.dataset, DATASETS[self.dataset].train_size)
+                )
+            return DATASETS[self.dataset]
+        if self.data_dir is None:
+            raise TaskError(
+                "dataset='imagefolder' needs data_dir: the root of your image folder "
+                "(ROOT/<class>/x.png, or ROOT/train/<class>/x.png and ROOT/test/<class>/x.png)"
+            )
+        layout = self._folder_layout()
+        try:
+            config = resolve_shape(layout, ImageFolderConfig.from_value(self.image_folder))
+        except DataError as error:
+            raise TaskError(str(error)) from None
+        self._set("image_folder", config)
+        if self.val_size is None:
+            self._set("val_size", default_val_size(self.dataset, len(layout.train)))
+        eval_size = self.fidelity.eval_size
+        if eval_size is not None and _positive_int(self.val_size) and eval_size > self.val_size:
+            self._set("fidelity", replace(self.fidelity, eval_size=None))
+        return folder_info(layout, config)
 
     def check_device(self) -> None:
         """Refuse a :attr:`device` this machine does not have (a Ray cluster checks its own).
@@ -402,9 +496,14 @@ class Task:
         if self.teacher != "default" and path.is_file():
             stat = path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
+        io = None
+        if self.dataset == IMAGE_FOLDER:
+            config = self.image_folder
+            io = ((config.channels, *config.image_size), len(self._folder_layout().classes))
         return (
             self.teacher,
             self.dataset,
+            io,
             self.teacher_arch,
             self.allow_pickle,
             self.allow_other_dataset,
@@ -445,7 +544,11 @@ class Task:
         """The data set, with this task's validation split."""
         try:
             return load_dataset(
-                self.dataset, self.data_dir, val_size=self.val_size, seed=self.split_seed
+                self.dataset,
+                self.data_dir,
+                val_size=self.val_size,
+                seed=self.split_seed,
+                image_folder=self.image_folder,
             )
         except DataError as error:
             raise TaskError(str(error)) from None

@@ -169,7 +169,7 @@ def fake_mnist_dir(tmp_path: Path) -> tuple[Path, FakeData]:
 
 
 def test_registry_lists_every_dataset_with_consistent_stats() -> None:
-    assert available_datasets() == sorted(DATASETS)
+    assert available_datasets() == sorted([*DATASETS, "imagefolder"])
     assert {"mnist", "fashion-mnist", "cifar10", "cifar100", "svhn"} <= set(DATASETS)
     for name, info in DATASETS.items():
         assert info.name == name
@@ -178,7 +178,7 @@ def test_registry_lists_every_dataset_with_consistent_stats() -> None:
 
 
 def test_every_registered_dataset_has_a_fake_writer() -> None:
-    assert set(FAKE_WRITERS) == set(available_datasets())
+    assert set(FAKE_WRITERS) == set(DATASETS)  # imagefolder: tests/test_image_folder.py
 
 
 def test_bundled_mnist_is_the_full_dataset(mnist: DatasetSplits) -> None:

@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 import time
+from typing import Any
 
 import torch
 
 from n2n_gym.arch import InvalidArchitecture
 from n2n_gym.cli import OneLineParser
-from n2n_gym.data import DataError
+from n2n_gym.data import IMAGE_FOLDER, DataError
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.loading import _expected_io
 from n2n_gym.teachers.training import sidecar_path, train_teacher
@@ -36,6 +37,21 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="mnist", help="data set name (default: mnist)")
     train.add_argument("--data-dir", default=None, help="folder holding the data set files")
     train.add_argument("--download", action="store_true", help="fetch the data set if missing")
+    train.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="--dataset imagefolder: resize to N x N (or H W); default: the first image's size",
+    )
+    train.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="--dataset imagefolder: 1 (grey) or 3 (RGB); default: the first image's",
+    )
     train.add_argument("--epochs", type=int, default=3, help="passes over the data (default: 3)")
     train.add_argument("--batch-size", type=int, default=128, help="default: 128")
     train.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
@@ -78,6 +94,21 @@ def _list_zoo(dataset: str) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
+def _image_folder(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = {"image_size": args.image_size, "channels": args.channels}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.dataset != IMAGE_FOLDER:
+        if given:
+            raise DataError("--image-size and --channels apply to --dataset imagefolder")
+        return None
+    if "image_size" in given and len(given["image_size"]) not in (1, 2):
+        raise DataError("--image-size takes N (square) or H W")
+    if "image_size" in given:
+        size = given["image_size"]
+        given["image_size"] = size[0] if len(size) == 1 else size
+    return given
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit code (2 for bad input)."""
     args = _build_parser().parse_args(argv)
@@ -108,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             download=args.download,
             resume=args.resume,
             progress=not args.quiet,
+            image_folder=_image_folder(args),
         )
     except (TeacherError, DataError, InvalidArchitecture) as error:
         print(f"error: {error}", file=sys.stderr)

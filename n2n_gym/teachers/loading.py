@@ -38,7 +38,7 @@ from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec
 from n2n_gym.convert import UnsupportedModule, convert_module
-from n2n_gym.data import DATASETS, available_datasets
+from n2n_gym.data import DATASETS, IMAGE_FOLDER, available_datasets
 from n2n_gym.distill import one_thread, resolve_device
 from n2n_gym.surgery import SpecNetwork, build_module
 from n2n_gym.teachers.errors import TeacherError, argument
@@ -102,6 +102,8 @@ class TeacherInfo:
             is ``dataset``; else ``None``.
         test_accuracy: the same on the test split.
         source: the file it would be loaded from, or ``"bundled"``.
+        normalisation: ``(mean, std)`` of the images it was trained on, per channel in [0, 1]
+            units, when its checkpoint records them.
     """
 
     spec: NetworkSpec
@@ -111,6 +113,7 @@ class TeacherInfo:
     val_accuracy: float | None
     test_accuracy: float | None
     source: str
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def params(self) -> int:
@@ -338,6 +341,7 @@ def _read_and_check(
         source = str(path)
 
     trained_on: str | None = None
+    normalisation = None
     recorded_acc: tuple[Any, Any] = (None, None)
     state_dict: dict[str, Any] | None = None
     checkpoint = False
@@ -353,6 +357,9 @@ def _read_and_check(
         if content.get("dataset") is not None:
             trained_on = str(content["dataset"])
         recorded_acc = content.get("val_accuracy"), content.get("test_accuracy")
+        recorded = content.get("normalisation")
+        if isinstance(recorded, Mapping) and {"mean", "std"} <= set(recorded):
+            normalisation = tuple(map(float, recorded["mean"])), tuple(map(float, recorded["std"]))
     elif isinstance(content, Mapping) and content:
         weights = content.get("state_dict", content)
         if not isinstance(weights, Mapping) or not all(
@@ -378,6 +385,13 @@ def _read_and_check(
             "checkpoint from `python -m n2n_gym.teachers train`, a state dict, or an nn.Module"
         )
 
+    if dataset == IMAGE_FOLDER and spec.num_classes == classes and spec.input_shape != tuple(shape):
+        channels, height, width = spec.input_shape
+        raise TeacherError(
+            f"teacher {label!r} takes input {spec.input_shape}, but the image folder is read as "
+            f"{tuple(shape)}: read it at the teacher's size (image_size [{height}, {width}], "
+            f"channels {channels})"
+        )
     if spec.input_shape != tuple(shape) or spec.num_classes != classes:
         raise TeacherError(
             f"teacher {label!r} takes input {spec.input_shape} with {spec.num_classes} classes, "
@@ -415,6 +429,7 @@ def _read_and_check(
         val_accuracy=val_acc,
         test_accuracy=test_acc,
         source=source,
+        normalisation=normalisation,
     )
     return _Checked(info, state_dict=state_dict, module=converted)
 

@@ -15,14 +15,21 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from n2n_gym.arch import NetworkSpec
 from n2n_gym.atomic import atomic_write
-from n2n_gym.data import DATASETS, DatasetSplits, available_datasets, load_dataset
+from n2n_gym.data import (
+    DATASETS,
+    IMAGE_FOLDER,
+    DatasetSplits,
+    available_datasets,
+    default_val_size,
+    load_dataset,
+)
 from n2n_gym.distill import accuracy, autocast, prepare_inputs
 from n2n_gym.surgery import SpecNetwork, build_module
 from n2n_gym.teachers.errors import TeacherError
@@ -35,6 +42,9 @@ from n2n_gym.teachers.loading import (
     weights_fingerprint,
 )
 from n2n_gym.teachers.zoo import _check_arch, zoo_spec
+
+if TYPE_CHECKING:
+    from n2n_gym.image_folder import ImageFolderConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "sidecar_path", "train_teacher"]
 
@@ -112,11 +122,12 @@ def train_teacher(
     device: str | torch.device = "auto",
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = False,
-    val_size: int = 5000,
+    val_size: int | None = None,
     train_limit: int | None = None,
     resume: bool = False,
     progress: bool = True,
     splits: DatasetSplits | None = None,
+    image_folder: ImageFolderConfig | dict[str, Any] | None = None,
 ) -> Teacher:
     """Train zoo network ``arch`` on ``dataset`` with plain supervised learning.
 
@@ -144,10 +155,14 @@ def train_teacher(
         data_dir: folder holding the data set (see :func:`n2n_gym.data.load_dataset`).
         download: fetch the data set into ``data_dir`` if missing.
         val_size: training images held out for validation (with ``load_dataset``'s default
-            split seed, so the environments validate on the same held-out images).
+            split seed, so the environments validate on the same held-out images); ``None``:
+            :func:`~n2n_gym.data.default_val_size`, as the environments' default.
         train_limit: train on at most this many images (quick experiments, tests).
         resume: continue from the checkpoint at ``out`` if one exists; its settings must match.
         progress: show a tqdm progress bar per epoch.
+        image_folder: for ``dataset="imagefolder"``: image size, channels and normalisation
+            (see :func:`n2n_gym.data.load_dataset`); the normalisation is recorded in the
+            checkpoint, where searches on the folder find it.
         splits: already loaded data (used instead of loading ``dataset``; its ``name`` must be
             ``dataset``).
 
@@ -163,7 +178,7 @@ def train_teacher(
 
     _check_arch(arch)
     _check_hyperparameters(epochs, batch_size, lr, weight_decay, label_smoothing)
-    if dataset not in DATASETS and splits is None:
+    if dataset not in available_datasets() and splits is None:
         raise TeacherError(
             f"unknown dataset {dataset!r}; available: {', '.join(available_datasets())}"
         )
@@ -173,6 +188,8 @@ def train_teacher(
     if out.is_dir():
         raise TeacherError(f"out={str(out)!r} is a folder; pass a file path such as teacher.pt")
     run_device = _resolve_device(device)
+    if val_size is None and splits is None:
+        val_size = default_val_size(dataset, _train_size(dataset, data_dir))
     settings = _settings(
         arch=arch,
         dataset=dataset,
@@ -203,6 +220,7 @@ def train_teacher(
             download=download,
             device=run_device,
             train_limit=train_limit,
+            image_folder=image_folder,
         )
     else:
         splits = splits.to(run_device)
@@ -318,7 +336,17 @@ def train_teacher(
         )
         if epoch + 1 < epochs:
             _save_checkpoint(
-                out, module, spec, settings, history, val_acc, None, elapsed, optimizer, run_device
+                out,
+                module,
+                spec,
+                settings,
+                history,
+                val_acc,
+                None,
+                elapsed,
+                optimizer,
+                run_device,
+                splits,
             )
 
     test_acc = accuracy(module, *splits.split("test"))
@@ -332,9 +360,17 @@ def train_teacher(
         elapsed,
     )
     _save_checkpoint(
-        out, module, spec, settings, history, val_acc, test_acc, elapsed, None, run_device
+        out, module, spec, settings, history, val_acc, test_acc, elapsed, None, run_device, splits
     )
     return _finish(module, arch, dataset, val_acc, test_acc, str(out), run_device)
+
+
+def _train_size(dataset: str, data_dir: str | os.PathLike[str] | None) -> int:
+    if dataset == IMAGE_FOLDER:
+        from n2n_gym.image_folder import scan_folder
+
+        return len(scan_folder(data_dir).train)
+    return DATASETS[dataset].train_size
 
 
 def _resume_state(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -372,6 +408,7 @@ def _save_checkpoint(
     elapsed: float,
     optimizer: torch.optim.Optimizer | None,
     device: torch.device,
+    splits: DatasetSplits,
 ) -> None:
     complete = optimizer is None
     # Plain float32 NCHW tensors on the CPU: the file loads anywhere and fingerprints match.
@@ -395,6 +432,8 @@ def _save_checkpoint(
         "train_seconds": elapsed,
         "device": str(device),
         "torch_version": str(torch.__version__),
+        # What the images were normalised with: a search on an image folder reuses it.
+        "normalisation": {"mean": list(splits.mean), "std": list(splits.std)},
     }
     if not complete:
         content["optimizer_state"] = optimizer.state_dict()  # type: ignore[union-attr]
