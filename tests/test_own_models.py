@@ -14,10 +14,12 @@ import gymnasium as gym
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 import n2n_gym  # noqa: F401 (registers the environments)
 from n2n_gym import tabulate
+from n2n_gym.data import load_dataset
 from n2n_gym.surgery import build_student
 from n2n_gym.task import TaskError
 from n2n_gym.teachers import TeacherError, load_teacher
@@ -170,15 +172,30 @@ def _readme_section(title: str) -> str:
     return text[start:end]
 
 
+def _write_digit_folder(root: Path) -> None:
+    """Four training and one test image of each digit, as PNG files in ImageFolder layout."""
+    data = load_dataset("mnist", train_limit=300)
+    pixels = (data.train_x * 0.3081 + 0.1307).clamp(0, 1).mul(255).round().byte()
+    written: dict[int, int] = {}
+    for i, label in enumerate(data.train_y.tolist()):
+        count = written.get(label, 0)
+        if count < 5:
+            folder = root / ("train" if count < 4 else "test") / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels[i, 0].numpy()).save(folder / f"{i}.png")
+            written[label] = count + 1
+
+
 @pytest.mark.expensive
 def test_the_readmes_own_network_examples_run_verbatim(tmp_path):
     section = _readme_section("Your own network")
     blocks = re.findall(r"```(python|bash)\n(.*?)```", section, flags=re.S)
     python = [code for kind, code in blocks if kind == "python"]
     (bash,) = [code for kind, code in blocks if kind == "bash"]
-    assert len(python) == 4
+    assert len(python) == 5
     (tmp_path / "my_models.py").write_text(python[1])  # the README says: in my_models.py
-    for number, code in enumerate([python[0], python[2], python[3]]):
+    _write_digit_folder(tmp_path / "digits")  # the folder the image-folder example reads
+    for number, code in enumerate([python[0], python[2], python[3], python[4]]):
         script = tmp_path / f"example_{number}.py"
         script.write_text(code)
         done = subprocess.run(
