@@ -52,6 +52,7 @@ from sb3_contrib import MaskablePPO
 import n2n_gym  # noqa: F401  (registers the environments)
 import train_agent
 from agents import ALGOS, Reinforce, agent_class
+from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.arch import StudentDescription
 from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
 from n2n_gym.cli import OneLineParser, fail, finish_with_progress
@@ -77,6 +78,9 @@ BENCHMARK_BUDGET = 500
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
 # about 10x the others': it is reported from a separate run, see the README).
 DEFAULT_ALGOS = tuple(a for a in ALGOS if a != "recurrent_ppo")
+# REINFORCE with each of its controllers, as algorithms of their own (--algos controllers).
+CONTROLLER_VARIANTS = {f"reinforce-{kind}": kind for kind in CONTROLLER_KINDS}
+BENCHMARK_ALGOS = (*ALGOS, *CONTROLLER_VARIANTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,7 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--algos",
         default="default",
         help="comma-separated algorithms, 'default' "
-        f"({','.join(DEFAULT_ALGOS)}) or 'all' ({','.join(ALGOS)})",
+        f"({','.join(DEFAULT_ALGOS)}), 'all' ({','.join(ALGOS)}) or 'controllers' (random and "
+        "REINFORCE with each controller: reinforce-bidirectional, reinforce-autoregressive, "
+        "reinforce-encoder-decoder, reinforce-actor-critic)",
     )
     bench.add_argument("--seeds", type=int, default=10, help="seeds per algorithm (default: 10)")
     bench.add_argument(
@@ -221,12 +227,15 @@ def _check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namesp
         args.algos = list(DEFAULT_ALGOS)
     elif args.algos == "all":
         args.algos = list(ALGOS)
+    elif args.algos == "controllers":
+        args.algos = ["random", *CONTROLLER_VARIANTS]
     else:
         args.algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-        unknown = [a for a in args.algos if a not in ALGOS]
+        unknown = [a for a in args.algos if a not in BENCHMARK_ALGOS]
         if unknown or not args.algos:
             parser.error(
-                f"--algos: unknown {', '.join(unknown) or 'empty'}; choose from {', '.join(ALGOS)}"
+                f"--algos: unknown {', '.join(unknown) or 'empty'}; choose from "
+                f"{', '.join(BENCHMARK_ALGOS)}"
             )
     args.budget = BENCHMARK_BUDGET if args.budget is None else args.budget
     for name in ("seeds", "workers", "budget"):
@@ -245,6 +254,9 @@ def _run_dir(args: argparse.Namespace, algo: str, seed: int) -> Path:
 def _run_argv(args: argparse.Namespace, algo: str, seed: int) -> list[str]:
     run_dir = _run_dir(args, algo, seed)
     argv = ["--algo", algo, "--env", args.env, "--seed", str(seed), "--budget", str(args.budget)]
+    if algo in CONTROLLER_VARIANTS:
+        argv[1] = "reinforce"
+        argv += ["--controller", CONTROLLER_VARIANTS[algo]]
     argv += ["--out", str(run_dir), "--threads", "1", "--env-kwargs", args.env_kwargs]
     return argv + (["--resume"] if (run_dir / CONFIG_FILE).exists() else [])
 

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, SEARCHES, RandomSearch, Reinforce, agent_class, hyperparams
+from agents.controllers import CONTROLLER_KINDS, controller_kind
 from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, make_backend
 from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
@@ -95,6 +96,9 @@ class Args:
     """continue the run in the run directory from its last checkpoint"""
     init_policy: str | None = None
     """start from the agent of an earlier run (its directory or checkpoint): policy transfer"""
+    controller: str | None = None
+    """reinforce's controller: bidirectional, autoregressive, encoder-decoder or actor-critic
+    (default: bidirectional for removal, autoregressive otherwise)"""
     checkpoint_every: int = 10
     """save the agent every this many evaluations"""
     stages: tuple[str, ...] = ()
@@ -131,6 +135,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--out", default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-policy", default=None)
+    parser.add_argument(
+        "--controller",
+        default=None,
+        help=f"reinforce's controller: {', '.join(CONTROLLER_KINDS)} (default: bidirectional "
+        "for removal, autoregressive otherwise)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument(
         "--start-from",
@@ -168,6 +178,15 @@ def parse_args(argv: list[str] | None = None) -> Args:
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
     agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
     _check_hyperparams(parser, ns.algo, agent_settings)
+    if ns.controller is not None:
+        if ns.algo != "reinforce":
+            parser.error(f"--controller chooses reinforce's controller; --algo {ns.algo} has none")
+        if ns.init_policy:
+            parser.error("--controller builds a new agent; --init-policy loads one with its own")
+        try:
+            ns.controller = controller_kind(ns.controller)
+        except ValueError as error:
+            parser.error(f"--controller: {error}")
     for name in ("budget", "n_envs", "checkpoint_every", "threads"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -383,6 +402,11 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
     if source is not None:
         return cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
     if args.algo == "reinforce":
+        if args.controller:
+            settings["policy_kwargs"] = {
+                **settings.get("policy_kwargs", {}),
+                "controller": args.controller,
+            }
         return Reinforce("ControllerPolicy", venv, seed=args.seed, tensorboard_log=tb, **settings)
     return make_sb3_agent(
         args.algo,

@@ -7,11 +7,21 @@ earlier step wrote (for removal 1 = kept, 0 = removed; for shrinkage the chosen 
 descriptors are network-independent, one controller runs on any teacher up to ``max_units`` —
 its parameters do not depend on ``max_units`` at all.
 
-- :class:`RemovalController`: a bidirectional LSTM over the whole sequence; each unit's
-  keep/remove logits see every other unit, and the actions of one episode are independent
-  given the network.
-- :class:`ShrinkController`: an autoregressive LSTM; step ``t`` reads descriptor ``x_t`` and the
-  one-hot previous action (a start token at ``t = 0``) and outputs logits over the ratios.
+- ``"bidirectional"`` (:class:`RemovalController`, the paper's removal controller): a
+  bidirectional LSTM over the whole sequence; each unit's logits see every other unit, and the
+  actions of one episode are independent given the network.
+- ``"autoregressive"`` (:class:`ShrinkController`, the paper's shrink controller): step ``t``
+  reads descriptor ``x_t`` and the one-hot previous action (a start token at ``t = 0``).
+- ``"encoder-decoder"`` (:class:`EncoderDecoderController`): a bidirectional encoder reads the
+  whole network; an autoregressive decoder, started from the encoder's summary, reads the
+  encoding of unit ``t`` and the previous action. Each decision sees the whole network *and*
+  the decisions already made.
+- ``"actor-critic"`` (:class:`ActorCriticController`): the autoregressive controller with a value
+  head; the agent's baseline of each step is then the moving average plus the learned value of
+  that step (what the network and the actions so far add to the expected reward).
+
+Every controller takes either action space; the defaults are the paper's pairing (bidirectional
+for removal, autoregressive for shrinkage).
 
 :meth:`Controller.distribution` gives per-step categorical distributions over a whole episode
 (what an update needs); :meth:`Controller.step_distribution` gives the distribution of the
@@ -27,7 +37,9 @@ from torch import nn
 from torch.distributions import Categorical
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-CONTROLLER_KINDS = ("removal", "shrink")
+CONTROLLER_KINDS = ("bidirectional", "autoregressive", "encoder-decoder", "actor-critic")
+# The names the paper's two controllers had before there were more; saved agents still use them.
+CONTROLLER_ALIASES = {"removal": "bidirectional", "shrink": "autoregressive"}
 
 ObsBatch = Mapping[str, torch.Tensor]
 
@@ -74,6 +86,11 @@ class Controller(nn.Module):
         )
         self.register_buffer("action_values", values, persistent=False)
 
+    # Whether step t depends on the actions before it (then they must be known to act).
+    autoregressive = True
+    # Whether the controller also estimates the value (expected reward) of each step.
+    has_critic = False
+
     # ---- to implement ---------------------------------------------------------------------------
     def logits(
         self, sequence: torch.Tensor, valid: torch.Tensor, previous: torch.Tensor
@@ -86,6 +103,10 @@ class Controller(nn.Module):
             previous: ``(B, T)`` long, the action taken at step ``t - 1`` (``n_actions`` = start).
         """
         raise NotImplementedError
+
+    def values(self, obs: ObsBatch, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Estimated reward ``(B, T)`` of each step, given the actions before it (critics only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no critic")
 
     # ---- shared ---------------------------------------------------------------------------------
     def distribution(
@@ -160,8 +181,14 @@ class Controller(nn.Module):
     def actions_from_decisions(self, decisions: torch.Tensor) -> torch.Tensor:
         """Read actions back from ``decisions`` values (nearest of ``action_values``)."""
         if self.action_values.numel() == 0:
-            # The bidirectional controller ignores earlier actions: any placeholder will do.
-            return torch.zeros_like(decisions, dtype=torch.long)
+            if not self.autoregressive:  # earlier actions are ignored: any placeholder will do
+                return torch.zeros_like(decisions, dtype=torch.long)
+            raise ValueError(
+                f"the {type(self).__name__} cannot read earlier actions from "
+                "observation['decisions'] without action_values; pass policy_kwargs="
+                "{'action_values': [...]} (the value each action writes) or give the episode's "
+                "actions explicitly"
+            )
         distance = (decisions.unsqueeze(-1) - self.action_values.to(decisions.device)).abs()
         return distance.argmin(dim=-1)
 
@@ -192,16 +219,25 @@ class RemovalController(Controller):
         )
         self.head = nn.Linear(2 * hidden_size, n_actions)
 
+    autoregressive = False
+
     def logits(
         self, sequence: torch.Tensor, valid: torch.Tensor, previous: torch.Tensor
     ) -> torch.Tensor:
-        # Packing keeps padding rows out of the backward direction, so a unit's logits are the
-        # same whatever max_units the observation was padded to.
-        lengths = valid.sum(dim=1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(sequence, lengths, batch_first=True, enforce_sorted=False)
-        output, _ = self.lstm(packed)
-        output, _ = pad_packed_sequence(output, batch_first=True, total_length=sequence.shape[1])
-        return self.head(output)
+        return self.head(_bidirectional(self.lstm, sequence, valid))
+
+
+def _bidirectional(lstm: nn.LSTM, sequence: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Outputs ``(B, T, 2H)`` of a bidirectional LSTM over the valid prefix of each row.
+
+    Packing keeps padding rows out of the backward direction, so a unit's output is the same
+    whatever ``max_units`` the observation was padded to.
+    """
+    lengths = valid.sum(dim=1).clamp(min=1).cpu()
+    packed = pack_padded_sequence(sequence, lengths, batch_first=True, enforce_sorted=False)
+    output, _ = lstm(packed)
+    output, _ = pad_packed_sequence(output, batch_first=True, total_length=sequence.shape[1])
+    return output
 
 
 class ShrinkController(Controller):
@@ -243,14 +279,79 @@ class ShrinkController(Controller):
         output, _ = self.lstm(torch.cat([sequence, previous_one_hot], dim=-1))
         return self.head(output)
 
-    def actions_from_decisions(self, decisions: torch.Tensor) -> torch.Tensor:
-        if self.action_values.numel() == 0:
-            raise ValueError(
-                "the shrink controller cannot read earlier actions from observation['decisions'] "
-                "without action_values; pass policy_kwargs={'action_values': [...]} (the ratio "
-                "each action writes) or give the episode's actions explicitly"
-            )
-        return super().actions_from_decisions(decisions)
+
+class EncoderDecoderController(Controller):
+    """A bidirectional encoder over the whole network and an autoregressive decoder over its units.
+
+    The decoder's initial hidden state is a projection of the encoder's mean output (a summary of
+    the network); step ``t`` reads the encoder's output at unit ``t`` and the one-hot previous
+    action. Teacher forcing runs an episode in one call, as for :class:`ShrinkController`.
+    """
+
+    def __init__(
+        self,
+        descriptor_size: int,
+        n_actions: int,
+        hidden_size: int = 30,
+        num_layers: int = 2,
+        action_values: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(descriptor_size, n_actions, hidden_size, num_layers, action_values)
+        self.encoder = nn.LSTM(
+            descriptor_size, hidden_size, num_layers, batch_first=True, bidirectional=True
+        )
+        self.bridge = nn.Linear(2 * hidden_size, hidden_size)
+        self.decoder = nn.LSTM(
+            2 * hidden_size + n_actions + 1, hidden_size, num_layers, batch_first=True
+        )
+        self.head = nn.Linear(hidden_size, n_actions)
+
+    def logits(
+        self, sequence: torch.Tensor, valid: torch.Tensor, previous: torch.Tensor
+    ) -> torch.Tensor:
+        encoded = _bidirectional(self.encoder, sequence, valid)
+        weight = valid.unsqueeze(-1).to(encoded.dtype)
+        summary = (encoded * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1)
+        h0 = torch.tanh(self.bridge(summary)).unsqueeze(0).repeat(self.num_layers, 1, 1)
+        previous_one_hot = nn.functional.one_hot(previous, self.n_actions + 1).to(encoded.dtype)
+        output, _ = self.decoder(
+            torch.cat([encoded, previous_one_hot], dim=-1), (h0.contiguous(), torch.zeros_like(h0))
+        )
+        return self.head(output)
+
+
+class ActorCriticController(ShrinkController):
+    """The autoregressive controller (the actor) with a critic of the same shape beside it.
+
+    The value of step ``t`` estimates the episode's reward given the network and the actions
+    before ``t``, relative to the agent's moving average ``b``; REINFORCE then weighs each step's
+    log-probability by ``R − b − V_t`` and fits ``V_t`` to ``R − b`` (a learned, state-dependent
+    baseline: the actor–critic variant of N2N). The critic has its own LSTM: sharing the actor's
+    let the value error pull on the policy and slowed learning.
+    """
+
+    has_critic = True
+
+    def __init__(
+        self,
+        descriptor_size: int,
+        n_actions: int,
+        hidden_size: int = 30,
+        num_layers: int = 2,
+        action_values: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(descriptor_size, n_actions, hidden_size, num_layers, action_values)
+        self.critic = nn.LSTM(
+            descriptor_size + n_actions + 1, hidden_size, num_layers, batch_first=True
+        )
+        self.value_head = nn.Linear(hidden_size, 1)
+
+    def values(self, obs: ObsBatch, actions: torch.Tensor | None = None) -> torch.Tensor:
+        sequence, valid = self._unpack(obs)
+        previous = self._previous_actions(obs, actions, valid)
+        previous_one_hot = nn.functional.one_hot(previous, self.n_actions + 1).to(sequence.dtype)
+        output, _ = self.critic(torch.cat([sequence, previous_one_hot], dim=-1))
+        return self.value_head(output).squeeze(-1)
 
 
 def make_controller(
@@ -261,11 +362,27 @@ def make_controller(
     num_layers: int = 2,
     action_values: Sequence[float] | None = None,
 ) -> Controller:
-    """Build a controller by name (``"removal"`` or ``"shrink"``)."""
+    """Build a controller by name (one of :data:`CONTROLLER_KINDS`, or a paper alias)."""
     classes: dict[str, type[Controller]] = {
-        "removal": RemovalController,
-        "shrink": ShrinkController,
+        "bidirectional": RemovalController,
+        "autoregressive": ShrinkController,
+        "encoder-decoder": EncoderDecoderController,
+        "actor-critic": ActorCriticController,
     }
-    if kind not in classes:
-        raise ValueError(f"controller={kind!r}: use one of {list(CONTROLLER_KINDS)}")
+    kind = controller_kind(kind)
     return classes[kind](descriptor_size, n_actions, hidden_size, num_layers, action_values)
+
+
+def controller_kind(name: str) -> str:
+    """The canonical name of a controller (aliases resolved).
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    name = CONTROLLER_ALIASES.get(name, name)
+    if name not in CONTROLLER_KINDS:
+        raise ValueError(
+            f"controller={name!r}: use one of {', '.join(CONTROLLER_KINDS)} (or the paper's "
+            f"names {', '.join(CONTROLLER_ALIASES)})"
+        )
+    return name

@@ -35,7 +35,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import obs_as_tensor, safe_mean
 
-from agents.controllers import CONTROLLER_KINDS, Controller, make_controller
+from agents.controllers import Controller, controller_kind, make_controller
 from n2n_gym.distill import one_thread
 
 logger = logging.getLogger(__name__)
@@ -96,8 +96,10 @@ class ControllerPolicy(BasePolicy):
         observation_space: an N2N-style ``Dict`` space (see :func:`observation_layout`).
         action_space: ``Discrete(n)``.
         lr_schedule: learning-rate schedule; the optimiser starts at ``lr_schedule(1)``.
-        controller: ``"removal"`` (bidirectional) or ``"shrink"`` (autoregressive); ``None`` picks
-            removal for ``Discrete(2)`` and shrink otherwise.
+        controller: one of :data:`~agents.controllers.CONTROLLER_KINDS` (``"bidirectional"``,
+            ``"autoregressive"``, ``"encoder-decoder"``, ``"actor-critic"``; the paper's names
+            ``"removal"`` and ``"shrink"`` mean the first two); ``None`` picks bidirectional for
+            ``Discrete(2)`` (removal) and autoregressive otherwise, as the paper pairs them.
         hidden_size: LSTM hidden units (paper: 30).
         num_layers: stacked LSTM layers (paper: 2).
         action_values: the value each action writes into ``observation["decisions"]`` (see
@@ -130,9 +132,9 @@ class ControllerPolicy(BasePolicy):
             )
         _, descriptor_size = observation_layout(observation_space)
         n_actions = int(action_space.n)
-        self.controller_kind = controller or ("removal" if n_actions == 2 else "shrink")
-        if self.controller_kind not in CONTROLLER_KINDS:
-            raise ValueError(f"controller={controller!r}: use one of {list(CONTROLLER_KINDS)}")
+        self.controller_kind = controller_kind(
+            controller or ("bidirectional" if n_actions == 2 else "autoregressive")
+        )
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.action_values = None if action_values is None else tuple(map(float, action_values))
         self.controller: Controller = make_controller(
@@ -283,7 +285,8 @@ class Reinforce(BaseAlgorithm):
 
     The controller is picked from the action space — ``Discrete(2)``: the bidirectional removal
     controller, otherwise the autoregressive shrink controller — or by
-    ``policy_kwargs={"controller": "removal" | "shrink"}``; ``policy_kwargs`` also takes
+    ``policy_kwargs={"controller": NAME}`` (bidirectional, autoregressive, encoder-decoder or
+    actor-critic, see :mod:`agents.controllers`); ``policy_kwargs`` also takes
     ``hidden_size`` (30), ``num_layers`` (2), ``action_values``, ``optimizer_class`` (Adam) and
     ``optimizer_kwargs``. The policy names ``"ControllerPolicy"`` and ``"MultiInputPolicy"`` both
     mean :class:`ControllerPolicy`.
@@ -312,6 +315,7 @@ class Reinforce(BaseAlgorithm):
         n_rollouts: episodes per update, ``m`` (paper: 5).
         baseline_decay: weight of the old baseline in ``b ← decay·b + (1 − decay)·mean_k R_k``.
         ent_coef: weight of the entropy bonus (mean entropy per decision).
+        vf_coef: weight of the critic's squared error (``controller="actor-critic"`` only).
         normalize_advantage: standardise the batch's advantages (off, as in the paper).
         max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
         policy_kwargs: see above.
@@ -343,6 +347,7 @@ class Reinforce(BaseAlgorithm):
         n_rollouts: int = 5,
         baseline_decay: float = 0.8,
         ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
         normalize_advantage: bool = False,
         max_grad_norm: float | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -375,6 +380,7 @@ class Reinforce(BaseAlgorithm):
         self.n_rollouts = n_rollouts
         self.baseline_decay = baseline_decay
         self.ent_coef = ent_coef
+        self.vf_coef = vf_coef
         self.normalize_advantage = normalize_advantage
         self.max_grad_norm = max_grad_norm
         self.baseline: float | None = None
@@ -526,18 +532,33 @@ class Reinforce(BaseAlgorithm):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The REINFORCE loss of a batch and the mean entropy per decision.
 
-        ``loss = −(1/m) Σ_k A_k Σ_t log π(a_t^k) − ent_coef · entropy``, one advantage per rollout.
+        ``loss = −(1/m) Σ_k Σ_t A_k,t log π(a_t^k) − ent_coef · entropy``. ``advantages`` is
+        ``(m,)``, one per rollout (``R_k − b``), or ``(m, T)``, one per step (``R_k − V_t``,
+        the actor–critic).
 
         Args:
             rollouts: the ``m`` finished episodes.
-            advantages: ``(m,)`` the advantage of each rollout.
+            advantages: the advantages, per rollout or per step.
         """
         n = len(rollouts)
         if n == 0 or len(advantages) != n:
             raise ValueError(f"{n} rollouts need as many advantages, got {len(advantages)}")
+        obs, actions, taken, masks = self._batch(rollouts)
+        dist = self.policy.controller.distribution(obs, actions, masks)
+        advantage = torch.as_tensor(advantages, dtype=torch.float32, device=self.device)
+        if advantage.ndim == 1:
+            advantage = advantage.unsqueeze(1)
+        log_prob = torch.where(taken, dist.log_prob(actions), 0.0)
+        entropy = torch.where(taken, dist.entropy(), 0.0).sum() / taken.sum().clamp(min=1)
+        loss = -(advantage * log_prob).sum(dim=1).mean() - self.ent_coef * entropy
+        return loss, entropy
+
+    def _batch(
+        self, rollouts: Sequence[Rollout]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Observations, actions (clamped), which steps were taken, and action masks."""
         actions = torch.as_tensor(np.stack([r.actions for r in rollouts]), device=self.device)
         taken = actions >= 0
-        actions = actions.clamp(min=0)
         obs = {
             "sequence": torch.as_tensor(
                 np.stack([r.sequence for r in rollouts]), device=self.device
@@ -545,15 +566,14 @@ class Reinforce(BaseAlgorithm):
             "valid": torch.as_tensor(np.stack([r.valid for r in rollouts]), device=self.device),
         }
         masks = torch.as_tensor(np.stack([r.action_masks for r in rollouts]), device=self.device)
-        dist = self.policy.controller.distribution(obs, actions, masks)
-        log_prob = torch.where(taken, dist.log_prob(actions), 0.0).sum(dim=1)
-        advantage = torch.as_tensor(advantages, dtype=log_prob.dtype, device=self.device)
-        entropy = torch.where(taken, dist.entropy(), 0.0).sum() / taken.sum().clamp(min=1)
-        loss = -(advantage * log_prob).mean() - self.ent_coef * entropy
-        return loss, entropy
+        return obs, actions.clamp(min=0), taken, masks
 
     def train(self, rollouts: Sequence[Rollout]) -> dict[str, float]:
         """One policy-gradient step on a batch of finished episodes; updates the baseline.
+
+        With a critic (``controller="actor-critic"``) each step's advantage is ``R − b − V_t``:
+        the critic learns the part of the reward the moving average ``b`` cannot know, that of the
+        network and the actions so far, and the loss adds ``vf_coef · mean_t (V_t − (R − b))²``.
 
         Returns:
             The logged ``train/`` values.
@@ -563,21 +583,36 @@ class Reinforce(BaseAlgorithm):
         rewards = np.array([r.reward for r in rollouts], dtype=np.float64)
         if self.baseline is None:
             self.baseline = float(rewards.mean())
-        advantages = rewards - self.baseline
-        if self.normalize_advantage and len(rewards) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        controller = self.policy.controller
+        stats: dict[str, float] = {}
         with single_threaded(self.device):
+            if controller.has_critic:
+                # The critic fits R − b, the state-dependent part of the reward: an untrained
+                # critic (V = 0) starts as the moving average, and a trained one improves on it.
+                obs, actions, taken, _ = self._batch(rollouts)
+                values = controller.values(obs, actions)
+                target = torch.as_tensor(rewards - self.baseline, dtype=values.dtype)
+                target = target.to(self.device).unsqueeze(1).expand_as(values)
+                value_loss = ((values - target) ** 2)[taken].mean()
+                advantages = torch.where(taken, target - values.detach(), 0.0).cpu().numpy()
+                stats["train/value_loss"] = float(value_loss.item())
+            else:
+                value_loss = torch.zeros(())
+                advantages = rewards - self.baseline
+            if self.normalize_advantage and len(rewards) > 1:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
             loss, entropy = self.policy_loss(rollouts, advantages)
+            loss = loss + self.vf_coef * value_loss
             self.policy.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
-        stats = {
+        stats |= {
             "train/loss": float(loss.item()),
             "train/entropy": float(entropy.item()),
             "train/baseline": float(self.baseline),
-            "train/advantage_mean": float(advantages.mean()),
+            "train/advantage_mean": float(np.mean(advantages)),
             "train/batch_reward_mean": float(rewards.mean()),
             "train/batch_size": float(len(rollouts)),
         }

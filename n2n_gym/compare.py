@@ -169,10 +169,12 @@ def _read_run(path: Path) -> Run:
             "compare run directories written by train_agent.py"
         )
     report = _read_json(path / REPORT_FILE) or None
+    # A REINFORCE run with a chosen controller is its own algorithm: reinforce-actor-critic ...
+    algo = str(meta["algo"]) + (f"-{meta['controller']}" if meta.get("controller") else "")
     return Run(
         path,
         str(meta["env"]),
-        str(meta["algo"]),
+        algo,
         int(meta["seed"]),
         evaluations,
         report,

@@ -14,7 +14,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import RandomSearch, Reinforce
-from agents.controllers import RemovalController, ShrinkController
+from agents.controllers import (
+    ActorCriticController,
+    EncoderDecoderController,
+    RemovalController,
+    ShrinkController,
+)
 from agents.reinforce import Rollout
 from n2n_gym.arch import DESCRIPTOR_SIZE
 from n2n_gym.surgery import build_module
@@ -160,8 +165,19 @@ def teachers(tmp_path_factory) -> dict[str, dict]:
     return kwargs
 
 
+# Every controller on both kinds of action space (keep/remove, and a choice of ratios).
+EVERY_CONTROLLER = [
+    ("bidirectional", 2),
+    ("autoregressive", 3),
+    ("encoder-decoder", 2),
+    ("encoder-decoder", 3),
+    ("actor-critic", 2),
+    ("actor-critic", 3),
+]
+
+
 # ---- controllers ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("controller", "n_actions"), [("removal", 2), ("shrink", 3)])
+@pytest.mark.parametrize(("controller", "n_actions"), EVERY_CONTROLLER)
 def test_one_update_gives_every_controller_parameter_a_gradient(controller, n_actions):
     model = Reinforce(
         "ControllerPolicy",
@@ -185,7 +201,12 @@ def test_one_update_gives_every_controller_parameter_a_gradient(controller, n_ac
 
 def test_controllers_ignore_padding_and_work_for_any_length():
     torch.manual_seed(0)
-    removal, shrink = RemovalController(DESCRIPTOR_SIZE), ShrinkController(DESCRIPTOR_SIZE, 4)
+    controllers = [
+        RemovalController(DESCRIPTOR_SIZE),
+        ShrinkController(DESCRIPTOR_SIZE, 4),
+        EncoderDecoderController(DESCRIPTOR_SIZE, 4),
+        ActorCriticController(DESCRIPTOR_SIZE, 4),
+    ]
     descriptors = torch.rand(6, DESCRIPTOR_SIZE)
     actions = torch.tensor([0, 3, 1, 2, 0, 1])
 
@@ -199,12 +220,12 @@ def test_controllers_ignore_padding_and_work_for_any_length():
         obs = {"sequence": sequence.flatten(1), "valid": valid}
         return controller.distribution(obs, padded).logits[0, :6]
 
-    for controller in (removal, shrink):
+    for controller in controllers:
         torch.testing.assert_close(logits(controller, 8), logits(controller, 40))
 
 
 # ---- masks ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(("controller", "n_actions"), [("removal", 2), ("shrink", 3)])
+@pytest.mark.parametrize(("controller", "n_actions"), EVERY_CONTROLLER)
 def test_masks_are_never_violated_even_by_a_policy_that_wants_to(controller, n_actions):
     env = MatchTargetEnv(n_actions)
     model = Reinforce(
@@ -281,10 +302,45 @@ def test_the_baseline_starts_from_the_first_batch_mean():
     assert model.baseline == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
 
 
-# ---- persistence and transfer -----------------------------------------------------------------
-def test_save_load_round_trip_reproduces_actions_and_optimiser(tmp_path):
+def test_the_critic_is_the_baseline_of_each_step_and_learns_the_reward():
     env = MatchTargetEnv(3)
-    model = Reinforce("ControllerPolicy", env, seed=3, ent_coef=0.01)
+    model = Reinforce("ControllerPolicy", env, seed=0, policy_kwargs={"controller": "actor-critic"})
+    rollouts = [masked_rollout_from(env, [0, 1, 2, 0, 1, 2, 0, 1], 0.6) for _ in range(5)]
+    obs, actions, taken, masks = model._batch(rollouts)
+    with torch.no_grad():
+        values = model.policy.controller.values(obs, actions)
+    # The update weighs each step by R − b − V_t: the loss equals the per-step formula by hand.
+    model.baseline = 0.5
+    advantages = np.where(taken.numpy(), 0.6 - 0.5 - values.numpy(), 0.0)
+    dist = model.policy.controller.distribution(obs, actions, masks)
+    log_prob = torch.where(taken, dist.log_prob(actions), 0.0)
+    expected = -(torch.as_tensor(advantages) * log_prob).sum(dim=1).mean()
+    loss, _ = model.policy_loss(rollouts, advantages)
+    torch.testing.assert_close(loss, expected.float())
+    # Fitting V_t to R − b drives the value error down.
+    first = model.train(rollouts)["train/value_loss"]
+    for _ in range(60):
+        last = model.train(rollouts)["train/value_loss"]
+    assert last < first / 10
+
+
+def test_the_papers_controller_names_still_load():
+    for alias, kind in (("removal", "bidirectional"), ("shrink", "autoregressive")):
+        model = Reinforce(
+            "ControllerPolicy", MatchTargetEnv(3), policy_kwargs={"controller": alias}
+        )
+        assert model.policy.controller_kind == kind
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        Reinforce("ControllerPolicy", MatchTargetEnv(3), policy_kwargs={"controller": "lstm"})
+
+
+# ---- persistence and transfer -----------------------------------------------------------------
+@pytest.mark.parametrize("controller", ["autoregressive", "encoder-decoder", "actor-critic"])
+def test_save_load_round_trip_reproduces_actions_and_optimiser(tmp_path, controller):
+    env = MatchTargetEnv(3)
+    model = Reinforce(
+        "ControllerPolicy", env, seed=3, ent_coef=0.01, policy_kwargs={"controller": controller}
+    )
     model.learn(20 * 8)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())  # masked entropy
     model.save(tmp_path / "model.zip")
@@ -349,7 +405,16 @@ def test_a_policy_transfers_to_another_teacher(tmp_path, teachers):
 
 
 # ---- learning -------------------------------------------------------------------------------
-@pytest.mark.parametrize(("controller", "n_actions"), [("removal", 2), ("shrink", 3)])
+@pytest.mark.parametrize(
+    ("controller", "n_actions"),
+    [
+        ("bidirectional", 2),
+        ("autoregressive", 3),
+        ("encoder-decoder", 2),
+        ("encoder-decoder", 3),
+        ("actor-critic", 3),
+    ],
+)
 def test_reinforce_beats_random_search_on_a_known_optimum(controller, n_actions):
     episodes, target = 400, "feature"
     for seed in (0, 1):
