@@ -132,7 +132,15 @@ def learning_rows(proxy_table, tmp_path_factory) -> dict[str, dict]:
 
 # The policy learners (evolution and TPE show that they react by finding the optimum, see
 # test_searches.py; TPE keeps exploring, so its late episodes are not better on average).
-LEARNERS = ("reinforce", "ppo", "a2c", "maskable_ppo", "dqn")
+LEARNERS = (
+    "reinforce",
+    "reinforce-encoder-decoder",
+    "reinforce-actor-critic",
+    "ppo",
+    "a2c",
+    "maskable_ppo",
+    "dqn",
+)
 DQN_UNRELIABLE = pytest.mark.xfail(
     reason="DQN's greedy policy after its exploration phase is not reliably better than the "
     "exploration itself at 200 students (gain 0.04, 95 % CI [-0.03, 0.13]); see the README",

@@ -112,12 +112,28 @@ def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
     assert json.loads((second / "summary.json").read_text())["distinct_students"] == 5
 
 
+@pytest.mark.parametrize("controller", ["encoder-decoder", "actor-critic"])
+def test_controller_flag_trains_saves_and_reloads_that_controller(tmp_path, controller):
+    out = tmp_path / controller
+    argv = ["--algo", "reinforce", "--controller", controller, "--budget", "10", "--out", str(out)]
+    assert run(tmp_path, *argv) == 0
+    assert json.loads((out / "config.json").read_text())["controller"] == controller
+    agent = Reinforce.load(out / CHECKPOINT_FILE, device="cpu")
+    assert agent.policy.controller_kind == controller and agent.n_updates == 2
+    env = gym.make("N2NRemoval-v2", evaluator="proxy")
+    obs, _ = env.reset(seed=0)
+    action, _ = agent.predict(obs, deterministic=True, action_masks=env.unwrapped.action_masks())
+    assert env.action_space.contains(int(action))
+
+
 def test_bad_input_gives_one_clear_line(tmp_path):
     script = Path(train_agent.__file__)
     cases = [
         (["--env", "N2NNope-v0"], "is not registered"),
         (["--env-kwargs", "{nope"], "--env-kwargs is not valid JSON"),
         (["--budget", "0"], "--budget must be at least 1"),
+        (["--algo", "ppo", "--controller", "actor-critic"], "--algo ppo has none"),
+        (["--controller", "lstm"], "use one of bidirectional"),
         (
             ["--env-kwargs", '{"dataset": "imagenet"}', "--out", str(tmp_path / "x")],
             "dataset='imagenet'",
