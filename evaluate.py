@@ -78,9 +78,14 @@ BENCHMARK_BUDGET = 500
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
 # about 10x the others': it is reported from a separate run, see the README).
 DEFAULT_ALGOS = tuple(a for a in ALGOS if a != "recurrent_ppo")
-# REINFORCE with each of its controllers, as algorithms of their own (--algos controllers).
-CONTROLLER_VARIANTS = {f"reinforce-{kind}": kind for kind in CONTROLLER_KINDS}
-BENCHMARK_ALGOS = (*ALGOS, *CONTROLLER_VARIANTS)
+# REINFORCE with each of its controllers, and from the shipped removal policy, as algorithms of
+# their own: the train_agent.py flags each one adds (--algos controllers runs the controllers).
+VARIANTS = {
+    **{f"reinforce-{kind}": ["--controller", kind] for kind in CONTROLLER_KINDS},
+    "reinforce-pretrained": ["--init-policy", "pretrained:removal"],
+}
+CONTROLLER_VARIANTS = [f"reinforce-{kind}" for kind in CONTROLLER_KINDS]
+BENCHMARK_ALGOS = (*ALGOS, *VARIANTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated algorithms, 'default' "
         f"({','.join(DEFAULT_ALGOS)}), 'all' ({','.join(ALGOS)}) or 'controllers' (random and "
         "REINFORCE with each controller: reinforce-bidirectional, reinforce-autoregressive, "
-        "reinforce-encoder-decoder, reinforce-actor-critic)",
+        "reinforce-encoder-decoder, reinforce-actor-critic); reinforce-pretrained starts from "
+        "the shipped removal policy",
     )
     bench.add_argument("--seeds", type=int, default=10, help="seeds per algorithm (default: 10)")
     bench.add_argument(
@@ -254,9 +260,9 @@ def _run_dir(args: argparse.Namespace, algo: str, seed: int) -> Path:
 def _run_argv(args: argparse.Namespace, algo: str, seed: int) -> list[str]:
     run_dir = _run_dir(args, algo, seed)
     argv = ["--algo", algo, "--env", args.env, "--seed", str(seed), "--budget", str(args.budget)]
-    if algo in CONTROLLER_VARIANTS:
+    if algo in VARIANTS:
         argv[1] = "reinforce"
-        argv += ["--controller", CONTROLLER_VARIANTS[algo]]
+        argv += VARIANTS[algo]
     argv += ["--out", str(run_dir), "--threads", "1", "--env-kwargs", args.env_kwargs]
     return argv + (["--resume"] if (run_dir / CONFIG_FILE).exists() else [])
 

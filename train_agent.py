@@ -43,6 +43,7 @@ from tqdm import tqdm
 import n2n_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, SEARCHES, RandomSearch, Reinforce, agent_class, hyperparams
 from agents.controllers import CONTROLLER_KINDS, controller_kind
+from agents.pretrained import PRETRAINED, policy_path
 from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, make_backend
 from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
@@ -134,7 +135,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--init-policy", default=None)
+    parser.add_argument(
+        "--init-policy",
+        default=None,
+        help="start from a trained agent: a run directory, an agent .zip, or a shipped one ("
+        + ", ".join(f"pretrained:{name}" for name in PRETRAINED)
+        + ")",
+    )
     parser.add_argument(
         "--controller",
         default=None,
@@ -178,6 +185,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
     env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
     agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
     _check_hyperparams(parser, ns.algo, agent_settings)
+    if ns.init_policy is not None:
+        if ns.algo in SEARCHES:
+            parser.error(f"--init-policy starts a trained policy; --algo {ns.algo} has none")
+        try:
+            policy_path(ns.init_policy)
+        except ValueError as error:
+            parser.error(str(error))
     if ns.controller is not None:
         if ns.algo != "reinforce":
             parser.error(f"--controller chooses reinforce's controller; --algo {ns.algo} has none")
@@ -395,10 +409,7 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
         run_dir / CHECKPOINT_FILE if args.resume and (run_dir / CHECKPOINT_FILE).exists() else None
     )
     if source is None and args.init_policy:
-        source = Path(args.init_policy)
-        source = source / CHECKPOINT_FILE if source.is_dir() else source
-        if not source.exists():
-            raise SystemExit(f"--init-policy {args.init_policy}: no agent checkpoint at {source}")
+        source = policy_path(args.init_policy)
     if source is not None:
         return cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
     if args.algo == "reinforce":

@@ -6,6 +6,8 @@ Importing the package registers the environments (and nothing else, so it stays 
   fidelity, offline (earlier versions: earlier default fidelities, kept for reproduction).
 - ``N2NRemoval-Tab-v0`` / ``N2NShrink-Tab-v0`` / ``N2NJoint-Tab-v0``: the same answered from the
   shipped table of measurements, for benchmarking search algorithms.
+- ``N2NRemoval-NarrowResNet-MNIST-v0`` / ``N2NShrink-...`` / ``N2NJoint-...``: the larger bundled
+  MNIST teacher (a 14-block ResNet, 16 decision units), the harder live task.
 - ``N2NRemoval-<Teacher>-<DATA>-v0`` / ``N2NShrink-<Teacher>-<DATA>-v0``: the paper's settings
   (for example ``N2NRemoval-ResNet18-CIFAR10-v0``); they need a trained teacher and the data set.
 """
@@ -38,6 +40,12 @@ _TABLE = {"evaluator": "table"}
 register(id="N2NRemoval-Tab-v0", entry_point=_REMOVAL, kwargs=_TABLE)
 register(id="N2NShrink-Tab-v0", entry_point=_SHRINK, kwargs={**_TABLE, "ratios": (0.5, 1.0)})
 register(id="N2NJoint-Tab-v0", entry_point=_JOINT, kwargs=_TABLE)
+
+# The larger bundled teacher: 16 decision units (2^14 removal students), still cheap on a CPU.
+_NARROW = {"teacher": "bundled:narrow_resnet_mnist"}
+register(id="N2NRemoval-NarrowResNet-MNIST-v0", entry_point=_REMOVAL, kwargs=_NARROW)
+register(id="N2NShrink-NarrowResNet-MNIST-v0", entry_point=_SHRINK, kwargs=_NARROW)
+register(id="N2NJoint-NarrowResNet-MNIST-v0", entry_point=_JOINT, kwargs=_NARROW)
 
 # The paper's teacher/data pairs. They ship without weights: make() says how to train one.
 _PAPER_SETTINGS = {

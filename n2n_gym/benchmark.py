@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "REACH_FRACTIONS",
     "BenchmarkReport",
+    "anytime_iqm",
     "benchmark_report",
     "learning_gain",
     "regret_curve",
@@ -181,7 +182,7 @@ def _interval(
         )
 
 
-def _anytime_iqm(
+def anytime_iqm(
     curves: dict[str, np.ndarray], reps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """IQM over runs at every point of ``(runs, points)`` curves, with percentile bootstrap CIs.
@@ -252,8 +253,8 @@ def benchmark_report(
     final = {a: c[:, -1:] for a, c in curves.items()}  # (runs, 1 task)
     point, interval = _interval(final, lambda s: np.array([metrics.aggregate_iqm(s)]), reps, seed)
     points = np.unique(np.geomspace(1, budget, ANYTIME_POINTS).round().astype(int)) - 1
-    any_point, any_interval = _anytime_iqm({a: c[:, points] for a, c in curves.items()}, reps, seed)
-    time_point, time_interval = _anytime_iqm(time_curves, reps, seed)
+    any_point, any_interval = anytime_iqm({a: c[:, points] for a, c in curves.items()}, reps, seed)
+    time_point, time_interval = anytime_iqm(time_curves, reps, seed)
     improvement = {}
     if BASELINE in final:
         pairs = {a: (-final[a], -final[BASELINE]) for a in algos if a != BASELINE}

@@ -169,8 +169,10 @@ def _read_run(path: Path) -> Run:
             "compare run directories written by train_agent.py"
         )
     report = _read_json(path / REPORT_FILE) or None
-    # A REINFORCE run with a chosen controller is its own algorithm: reinforce-actor-critic ...
+    # A chosen controller, or a start from a trained policy, makes an algorithm of its own:
+    # reinforce-actor-critic, reinforce-pretrained ...
     algo = str(meta["algo"]) + (f"-{meta['controller']}" if meta.get("controller") else "")
+    algo += "-pretrained" if meta.get("init_policy") else ""
     return Run(
         path,
         str(meta["env"]),

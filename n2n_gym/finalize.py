@@ -334,6 +334,12 @@ def finish_run(
         exports = error.written
         logger.warning("the student was saved to %s; not every export worked: %s", path, error)
     report.extra["exports"] = {kind: str(p) for kind, p in exports.items()}
+    # What an exported model expects: (pixel / 255 - mean) / std per channel, this input shape.
+    report.extra["input"] = {
+        "shape": list(student.teacher.input_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
     write_json_atomic(out_dir / REPORT_FILE, report.to_dict())
     logger.info("saved %s and %s", path, out_dir / REPORT_FILE)
     return report, path

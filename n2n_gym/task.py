@@ -53,6 +53,7 @@ from n2n_gym.image_folder import (
 from n2n_gym.reward import RewardConfig
 from n2n_gym.teachers import Teacher, TeacherError, TeacherInfo, inspect_teacher, load_teacher
 from n2n_gym.teachers.errors import argument_names
+from n2n_gym.teachers.loading import is_bundled
 
 if TYPE_CHECKING:
     from n2n_gym.arch import NetworkSpec
@@ -215,7 +216,8 @@ class Task:
     """A search's world as plain data; see the module docstring.
 
     Attributes:
-        teacher: ``"default"`` (the bundled teacher of ``dataset``), or the path of a checkpoint
+        teacher: ``"default"`` (the bundled teacher of ``dataset``), ``"bundled:NAME"`` (another
+            shipped one, e.g. ``"bundled:narrow_resnet_mnist"``), or the path of a checkpoint
             from ``python -m n2n_gym.teachers train``, a state dict (with ``teacher_arch``) or a
             whole pickled model (with ``allow_pickle``).
         teacher_arch: the architecture of a plain state dict: a zoo or torchvision model name, or
@@ -279,7 +281,8 @@ class Task:
         if not isinstance(self.teacher, str | os.PathLike):
             raise TaskError(f"teacher={self.teacher!r}: pass 'default' or a file path")
         # Workers may start in another directory (Ray does): pin relative paths to this one.
-        object.__setattr__(self, "teacher", _absolute(os.fspath(self.teacher), keep="default"))
+        if not is_bundled(self.teacher):
+            object.__setattr__(self, "teacher", _absolute(os.fspath(self.teacher)))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", _absolute(os.fspath(self.data_dir)))
         if self.cache_path is not None:
@@ -493,7 +496,7 @@ class Task:
     def _teacher_key(self) -> tuple:
         path = Path(self.teacher)
         stamp = ()
-        if self.teacher != "default" and path.is_file():
+        if not is_bundled(self.teacher) and path.is_file():
             stat = path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
         io = None
@@ -636,7 +639,5 @@ class Task:
         return Evaluator(measurer or self.build_measurer(), self.constraints, self.open_cache())
 
 
-def _absolute(path: str, keep: str | None = None) -> str:
-    if path == keep:
-        return path
+def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())

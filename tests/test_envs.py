@@ -29,6 +29,10 @@ DEFAULT_TEACHER_IDS = (
     "N2NShrink-v2",
     "N2NJoint-v0",
     "N2NJoint-v1",
+    # the larger bundled teacher
+    "N2NRemoval-NarrowResNet-MNIST-v0",
+    "N2NShrink-NarrowResNet-MNIST-v0",
+    "N2NJoint-NarrowResNet-MNIST-v0",
 )
 PAPER_ARCH = {"ResNet18": "resnet18", "ResNet34": "resnet34", "VGG19": "vgg19"}
 DATA_SHAPES = {
@@ -78,6 +82,14 @@ def remove_every_other(env, obs):
 
 def test_ids_are_registered():
     assert {"N2NRemoval-v2", "N2NShrink-v2", "N2NRemoval-ResNet18-CIFAR10-v0"} <= set(N2N_IDS)
+
+
+def test_the_larger_bundled_teacher_has_sixteen_decision_units():
+    env = gym.make("N2NRemoval-NarrowResNet-MNIST-v0", evaluator="proxy")
+    _, info = env.reset(seed=0)
+    assert info["num_units"] == 16 and env.unwrapped.task.teacher == "bundled:narrow_resnet_mnist"
+    kinds = [layer.kind for layer in env.unwrapped.teacher_spec.layers]
+    assert kinds.count("residual") == 14
     assert n2n_gym.__version__
 
 

@@ -95,6 +95,7 @@ def test_evaluate_reports_on_the_test_set_and_the_student_reloads(real_run, mnis
     assert accuracy(student.module, x, y) == pytest.approx(report["test_accuracy"], abs=1e-9)
     assert student.metadata["test_accuracy"] == report["test_accuracy"]
     assert set(report["exports"]) == {"torchscript", "onnx"}  # the test extra has onnx
+    assert report["input"] == {"shape": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
 
 
 LOAD_WITHOUT_N2N_GYM = """

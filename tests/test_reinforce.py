@@ -23,7 +23,7 @@ from agents.controllers import (
 from agents.reinforce import Rollout
 from n2n_gym.arch import DESCRIPTOR_SIZE
 from n2n_gym.surgery import build_module
-from n2n_gym.teachers import BUNDLED_TEACHERS, zoo_spec
+from n2n_gym.teachers import BUNDLED_DEFAULTS, zoo_spec
 
 
 class MatchTargetEnv(gym.Env):
@@ -155,7 +155,7 @@ def teachers(tmp_path_factory) -> dict[str, dict]:
     folder = tmp_path_factory.mktemp("teachers")
     kwargs = {}
     for arch in ("small_vgg", "resnet18"):
-        bundled = resources.files("n2n_gym") / "weights" / f"{BUNDLED_TEACHERS['mnist']}.pt"
+        bundled = resources.files("n2n_gym") / "weights" / f"{BUNDLED_DEFAULTS['mnist']}.pt"
         if arch == "small_vgg" and bundled.is_file():
             kwargs[arch] = {"evaluator": "proxy"}
             continue

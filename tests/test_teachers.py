@@ -19,6 +19,7 @@ from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import accuracy
 from n2n_gym.surgery import SpecNetwork, build_module
 from n2n_gym.teachers import (
+    BUNDLED_TEACHERS,
     ZOO,
     Teacher,
     TeacherError,
@@ -122,6 +123,23 @@ def test_bundled_files_are_small_and_describe_the_weights(bundled):
     assert summary["params"] == bundled.params == 120_762
     assert summary["test_accuracy"] == pytest.approx(bundled.test_accuracy)
     assert summary["fingerprint"] == bundled.fingerprint
+
+
+@pytest.mark.parametrize("name", list(BUNDLED_TEACHERS))
+def test_every_bundled_teacher_loads_by_name_and_is_accurate(name, mnist):
+    teacher = load_teacher(f"bundled:{name}")
+    arch = name.removesuffix("_mnist")
+    assert teacher.arch == arch and teacher.spec == zoo_spec(arch, (1, 28, 28), 10)
+    assert teacher.test_accuracy >= 0.993
+    assert accuracy(teacher.module, mnist.test_x[:2000], mnist.test_y[:2000]) >= 0.99
+    summary = json.loads(sidecar_path(WEIGHTS / f"{name}.pt").read_text())
+    assert summary["fingerprint"] == teacher.fingerprint and summary["complete"] is True
+    assert (WEIGHTS / f"{name}.pt").stat().st_size < 2_000_000
+
+
+def test_an_unknown_bundled_teacher_lists_the_shipped_ones():
+    with pytest.raises(TeacherError, match="bundled:narrow_resnet_mnist"):
+        load_teacher("bundled:resnet_mnist")
 
 
 def test_fingerprint_identifies_the_weights(bundled):

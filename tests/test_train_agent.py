@@ -112,6 +112,16 @@ def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
     assert json.loads((second / "summary.json").read_text())["distinct_students"] == 5
 
 
+def test_the_shipped_pretrained_policy_starts_a_search_on_another_teacher(tmp_path):
+    out = tmp_path / "transfer"
+    argv = ["--init-policy", "pretrained:removal", "--budget", "5", "--out", str(out)]
+    assert run(tmp_path, "--algo", "reinforce", *argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["init_policy"] == "pretrained:removal"
+    shipped = Reinforce.load(Path(train_agent.policy_path("pretrained:removal")), device="cpu")
+    assert shipped.policy.controller_kind == "bidirectional"
+
+
 @pytest.mark.parametrize("controller", ["encoder-decoder", "actor-critic"])
 def test_controller_flag_trains_saves_and_reloads_that_controller(tmp_path, controller):
     out = tmp_path / controller
@@ -134,6 +144,8 @@ def test_bad_input_gives_one_clear_line(tmp_path):
         (["--budget", "0"], "--budget must be at least 1"),
         (["--algo", "ppo", "--controller", "actor-critic"], "--algo ppo has none"),
         (["--controller", "lstm"], "use one of bidirectional"),
+        (["--init-policy", "pretrained:shrink"], "shipped: pretrained:removal"),
+        (["--algo", "random", "--init-policy", "pretrained:removal"], "--algo random has none"),
         (
             ["--env-kwargs", '{"dataset": "imagenet"}', "--out", str(tmp_path / "x")],
             "dataset='imagenet'",

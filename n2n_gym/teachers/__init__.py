@@ -27,9 +27,19 @@ from n2n_gym.teachers.loading import (
     weights_fingerprint,
 )
 from n2n_gym.teachers.training import CHECKPOINT_FORMAT, sidecar_path, train_teacher
-from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, resnet, small_vgg, vgg, zoo_spec
+from n2n_gym.teachers.zoo import (
+    BUNDLED_DEFAULTS,
+    BUNDLED_TEACHERS,
+    ZOO,
+    narrow_resnet,
+    resnet,
+    small_vgg,
+    vgg,
+    zoo_spec,
+)
 
 __all__ = [
+    "BUNDLED_DEFAULTS",
     "BUNDLED_TEACHERS",
     "CHECKPOINT_FORMAT",
     "ZOO",
@@ -39,6 +49,7 @@ __all__ = [
     "inspect_teacher",
     "load_teacher",
     "main",
+    "narrow_resnet",
     "resnet",
     "sidecar_path",
     "small_vgg",

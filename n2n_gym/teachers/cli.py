@@ -16,7 +16,7 @@ from n2n_gym.data import IMAGE_FOLDER, DataError
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.loading import _expected_io
 from n2n_gym.teachers.training import sidecar_path, train_teacher
-from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, zoo_spec
+from n2n_gym.teachers.zoo import BUNDLED_DEFAULTS, BUNDLED_TEACHERS, ZOO, zoo_spec
 
 __all__ = ["main"]
 
@@ -84,7 +84,9 @@ def _list_zoo(dataset: str) -> None:
         spec = zoo_spec(name, shape, classes)
         bundled = (
             "bundled (load_teacher('default'))"
-            if (BUNDLED_TEACHERS.get(dataset, "").startswith(f"{name}_"))
+            if BUNDLED_DEFAULTS.get(dataset, "").startswith(f"{name}_")
+            else f"bundled (teacher='bundled:{name}_{dataset}')"
+            if f"{name}_{dataset}" in BUNDLED_TEACHERS
             else "train with `train`"
         )
         table.add_row(

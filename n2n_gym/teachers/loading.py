@@ -42,7 +42,14 @@ from n2n_gym.data import DATASETS, IMAGE_FOLDER, available_datasets
 from n2n_gym.distill import one_thread, resolve_device
 from n2n_gym.surgery import SpecNetwork, build_module
 from n2n_gym.teachers.errors import TeacherError, argument
-from n2n_gym.teachers.zoo import BUNDLED_TEACHERS, ZOO, InputShape, zoo_spec
+from n2n_gym.teachers.zoo import (
+    BUNDLED_DEFAULTS,
+    BUNDLED_PREFIX,
+    BUNDLED_TEACHERS,
+    ZOO,
+    InputShape,
+    zoo_spec,
+)
 
 __all__ = [
     "Teacher",
@@ -163,9 +170,32 @@ def _expected_io(
     return tuple(input_shape), num_classes  # type: ignore[return-value]
 
 
-def _bundled_path(dataset: str) -> Any:
-    stem = BUNDLED_TEACHERS[dataset]
-    return resources.files("n2n_gym").joinpath("weights", f"{stem}.pt")
+def _bundled_path(name: str) -> Any:
+    return resources.files("n2n_gym").joinpath("weights", f"{name}.pt")
+
+
+def is_bundled(teacher: str | os.PathLike[str]) -> bool:
+    """Whether ``teacher`` names a teacher shipped with the package (not a file path)."""
+    label = os.fspath(teacher)
+    return label == "default" or label.startswith(BUNDLED_PREFIX)
+
+
+def _bundled_name(label: str, dataset: str) -> str:
+    if label == "default":
+        if dataset not in BUNDLED_DEFAULTS:
+            raise TeacherError(
+                f"there is no bundled teacher for dataset {dataset!r} (bundled: "
+                f"{', '.join(BUNDLED_DEFAULTS)}); train one with `python -m n2n_gym.teachers train "
+                f"resnet18 --dataset {dataset} --data-dir DIR --out teacher.pt` and pass its path"
+            )
+        return BUNDLED_DEFAULTS[dataset]
+    name = label.removeprefix(BUNDLED_PREFIX)
+    if name not in BUNDLED_TEACHERS:
+        raise TeacherError(
+            f"teacher {label!r}: no bundled teacher is called {name!r}; bundled are "
+            f"{', '.join(BUNDLED_PREFIX + n for n in BUNDLED_TEACHERS)}"
+        )
+    return name
 
 
 def _read_torch_file(path: Path, label: str, allow_pickle: bool) -> Any:
@@ -314,14 +344,8 @@ def _read_and_check(
             f"module={type(module).__name__}: pass an nn.Module instance (your model, whose "
             f"state dict the file holds), and not together with {argument('arch')}"
         )
-    if label == "default":
-        if dataset not in BUNDLED_TEACHERS:
-            raise TeacherError(
-                f"there is no bundled teacher for dataset {dataset!r} (bundled: "
-                f"{', '.join(BUNDLED_TEACHERS)}); train one with `python -m n2n_gym.teachers train "
-                f"resnet18 --dataset {dataset} --data-dir DIR --out teacher.pt` and pass its path"
-            )
-        with resources.as_file(_bundled_path(dataset)) as bundled:
+    if is_bundled(label):
+        with resources.as_file(_bundled_path(_bundled_name(label, dataset))) as bundled:
             if not bundled.is_file():
                 raise TeacherError(
                     f"the bundled teacher file {bundled} is missing; reinstall n2n-gym"
@@ -497,7 +521,8 @@ def load_teacher(
     """Load a trained teacher.
 
     Args:
-        teacher: ``"default"`` for the bundled teacher of ``dataset`` (MNIST only), or a path to
+        teacher: ``"default"`` for the bundled teacher of ``dataset`` (MNIST only),
+            ``"bundled:NAME"`` for another shipped one (:data:`BUNDLED_TEACHERS`), or a path to
             a checkpoint from :func:`~n2n_gym.teachers.train_teacher`, a state dict saved with
             ``torch.save(model.state_dict())`` (needs ``arch`` or ``module``), or a whole pickled
             ``nn.Module`` (needs ``allow_pickle``).

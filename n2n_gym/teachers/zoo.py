@@ -1,7 +1,7 @@
 """The zoo of teacher architectures: a name maps to a :class:`~n2n_gym.arch.NetworkSpec` builder.
 
 :data:`BUNDLED_TEACHERS` names the trained weights that ship with the package
-(``n2n_gym/weights/``).
+(``n2n_gym/weights/``), :data:`BUNDLED_DEFAULTS` the one ``teacher="default"`` means per data set.
 """
 
 from __future__ import annotations
@@ -13,12 +13,29 @@ from torchvision.models.vgg import cfgs as VGG_CONFIGS
 from n2n_gym.arch import Layer, NetworkSpec
 from n2n_gym.teachers.errors import TeacherError
 
-__all__ = ["BUNDLED_TEACHERS", "ZOO", "InputShape", "resnet", "small_vgg", "vgg", "zoo_spec"]
+__all__ = [
+    "BUNDLED_DEFAULTS",
+    "BUNDLED_PREFIX",
+    "BUNDLED_TEACHERS",
+    "ZOO",
+    "InputShape",
+    "resnet",
+    "small_vgg",
+    "vgg",
+    "zoo_spec",
+]
 
 InputShape = tuple[int, int, int]
 
-# Data set -> bundled weights file stem under n2n_gym/weights/ (plus its .json sidecar).
-BUNDLED_TEACHERS: dict[str, str] = {"mnist": "small_vgg_mnist"}
+# Every shipped teacher: its name (teacher="bundled:NAME") -> the data set it was trained on. The
+# weights are n2n_gym/weights/NAME.pt (plus a .json sidecar of how they were trained).
+BUNDLED_TEACHERS: dict[str, str] = {
+    "small_vgg_mnist": "mnist",
+    "narrow_resnet_mnist": "mnist",
+}
+# Data set -> the bundled teacher teacher="default" means.
+BUNDLED_DEFAULTS: dict[str, str] = {"mnist": "small_vgg_mnist"}
+BUNDLED_PREFIX = "bundled:"
 
 
 def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> Layer:
@@ -114,8 +131,38 @@ def resnet(
     return NetworkSpec(input_shape, num_classes, tuple(layers), name=name)
 
 
+def narrow_resnet(input_shape: InputShape = (1, 28, 28), num_classes: int = 10) -> NetworkSpec:
+    """The larger bundled teacher: a narrow 14-block ResNet for small grey images.
+
+    Sixteen decision units (the stem, 14 residual blocks of widths 12 / 24 / 48 in three stages,
+    the classifier). The stem pools at once and the blocks stay narrow, so a student still
+    distils in seconds on two cores, while the search space (2^14 removal students, before the
+    shrink ratios) is far beyond enumeration.
+    """
+    layers = [_conv(input_shape[0], 12), Layer("maxpool", kernel=2, stride=2)]
+    channels = 12
+    for stage, (width, count) in enumerate(((12, 5), (24, 5), (48, 4))):
+        for i in range(count):
+            stride = 2 if stage > 0 and i == 0 else 1
+            layers.append(
+                Layer(
+                    "residual",
+                    channels,
+                    width,
+                    stride=stride,
+                    block="basic",
+                    width=width,
+                    projection=stride != 1 or channels != width,
+                )
+            )
+            channels = width
+    layers += [Layer("global_avgpool"), Layer("linear", channels, num_classes)]
+    return NetworkSpec(input_shape, num_classes, tuple(layers), name="narrow_resnet")
+
+
 ZOO: dict[str, Callable[[InputShape, int], NetworkSpec]] = {
     "small_vgg": small_vgg,
+    "narrow_resnet": narrow_resnet,
     "vgg11": lambda shape, classes: vgg("A", shape, classes, "vgg11"),
     "vgg13": lambda shape, classes: vgg("B", shape, classes, "vgg13"),
     "vgg16": lambda shape, classes: vgg("D", shape, classes, "vgg16"),
