@@ -222,7 +222,7 @@ def test_state_dict_without_arch_asks_for_it(bundled, tmp_path):
 def test_unknown_arch_lists_the_zoo(bundled, tmp_path):
     path = tmp_path / "bare.pt"
     torch.save(bundled.module.state_dict(), path)
-    with pytest.raises(TeacherError, match=r"'lenet'.*small_vgg, vgg11"):
+    with pytest.raises(TeacherError, match=r"'lenet'.*small_vgg, narrow_resnet, vgg11"):
         load_teacher(path, arch="lenet")
 
 

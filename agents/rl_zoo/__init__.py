@@ -25,6 +25,7 @@ from agents.hyperparams import hyperparams as file_hyperparams
 from agents.sb3 import sb3_defaults
 from n2n_gym.data import DATASETS
 from n2n_gym.teachers import inspect_teacher, zoo_spec
+from n2n_gym.teachers.loading import is_bundled
 
 # RL Zoo's algorithm name -> the name in agents/hyperparams.yml and its policy
 ZOO_ALGOS: dict[str, tuple[str, str]] = {
@@ -47,8 +48,9 @@ def episode_length(env_id: str) -> int:
     """Steps per episode (one per decision unit of the id's default teacher), without its weights."""
     kwargs = gym.spec(env_id).kwargs
     dataset = kwargs.get("dataset", "mnist")
-    if kwargs.get("teacher", "default") == "default":  # the bundled teacher, read not loaded
-        return inspect_teacher("default", dataset=dataset).spec.num_units
+    teacher = kwargs.get("teacher", "default")
+    if teacher is not None and is_bundled(teacher):  # a bundled teacher, read not loaded
+        return inspect_teacher(teacher, dataset=dataset).spec.num_units
     info = DATASETS[dataset]  # a paper id: its zoo architecture, trained by the user
     return zoo_spec(kwargs["teacher_arch"], info.input_shape, info.num_classes).num_units
 
