@@ -210,3 +210,14 @@ def test_the_readmes_own_network_examples_run_verbatim(tmp_path):
     assert done.returncode == 0, command + "\n" + done.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "my-net" / "summary.json").read_text())
     assert summary["distinct_students"] == 4 and summary["best_reward"] > 0
+
+
+def test_the_example_resnet18_loads_by_its_import_path(tmp_path, monkeypatch):
+    """examples/mnist_resnet18.py, the README's real run: its builder is the teacher_arch."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from examples.mnist_resnet18 import build
+
+    torch.save(build().state_dict(), tmp_path / "resnet.pt")
+    teacher = load_teacher(tmp_path / "resnet.pt", arch="examples.mnist_resnet18:build")
+    assert teacher.spec.num_units == 10 and teacher.params == 11_172_810
+    assert teacher.spec.input_shape == (1, 28, 28)
