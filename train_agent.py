@@ -411,7 +411,12 @@ def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, don
     if source is None and args.init_policy:
         source = policy_path(args.init_policy)
     if source is not None:
-        return cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
+        agent = cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
+        # SB3's load keeps the saved run's seed and leaves the generators as they are, so every
+        # run started from one policy would sample the same students: seed this run's own.
+        agent.seed = args.seed + done
+        agent.set_random_seed(agent.seed)
+        return agent
     if args.algo == "reinforce":
         if args.controller:
             settings["policy_kwargs"] = {

@@ -10,7 +10,7 @@ teacher can start the search on another. This script
    16 decision units, live distillation) through the benchmark harness: REINFORCE from the
    pretrained policy, REINFORCE from scratch and random search, ``--seeds`` seeds each, one
    shared measurement cache (a student measured once is not measured again by another run);
-3. reports the best reward reached after 50 and 100 distinct students: IQM over seeds with 95 %
+3. reports the best reward reached after 10, 25, 50 and 100 distinct students: IQM over seeds with 95 %
    bootstrap intervals, written to ``bench/results_transfer.json``.
 
 Resumable: rerun the same command and finished runs are kept::
@@ -107,7 +107,7 @@ def main() -> None:
     if args.retrain or not POLICY.is_file():
         pretrain(args.out, args.pretrain_budget)
     search(args.out, args.seeds, args.budget, args.workers)
-    checkpoints = tuple(k for k in (50, 100) if k <= args.budget) or (args.budget,)
+    checkpoints = tuple(k for k in (10, 25, 50, 100) if k <= args.budget) or (args.budget,)
     results = report(args.out, checkpoints)
     (ROOT / "bench" / "results_transfer.json").write_text(json.dumps(results, indent=2) + "\n")
     table = Table(title=f"best reward on {TARGET_ENV}: IQM over seeds [95 % CI]")

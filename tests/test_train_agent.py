@@ -113,11 +113,16 @@ def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
 
 
 def test_the_shipped_pretrained_policy_starts_a_search_on_another_teacher(tmp_path):
-    out = tmp_path / "transfer"
-    argv = ["--init-policy", "pretrained:removal", "--budget", "5", "--out", str(out)]
-    assert run(tmp_path, "--algo", "reinforce", *argv) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["init_policy"] == "pretrained:removal"
+    students = {}
+    for seed in ("0", "1"):
+        out = tmp_path / f"transfer-{seed}"
+        argv = ["--init-policy", "pretrained:removal", "--budget", "5", "--out", str(out)]
+        assert run(tmp_path, "--algo", "reinforce", "--seed", seed, *argv) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["init_policy"] == "pretrained:removal"
+        students[seed] = [r["student_key"] for r in read_evaluations(out)]
+    # each run samples with its own seed, not the pretraining run's
+    assert students["0"] != students["1"]
     shipped = Reinforce.load(Path(train_agent.policy_path("pretrained:removal")), device="cpu")
     assert shipped.policy.controller_kind == "bidirectional"
 
