@@ -4,6 +4,7 @@
     python evaluate.py RUN_DIR --student policy                        # the trained agent's greedy pick
     python evaluate.py --compare runs/compare --out runs/comparison   # algorithms over seeds
     python evaluate.py --benchmark --env N2NJoint-Tab-v0 --seeds 10 --budget 500   # the benchmark
+    python evaluate.py runs/mnist-10x --baselines                      # is the search worth it?
 
 Finishing trains the run's best student (or the agent's greedy student) by distillation over the
 whole training split until it converges, keeps its best validation epoch, and reports teacher
@@ -14,6 +15,12 @@ batch. It writes ``student.pt`` (reload with ``n2n_gym.students.load_student``) 
 Comparing groups runs by algorithm and seed and writes ``comparison.json``, ``comparison.csv``,
 ``best_reward.png`` (best reward so far against distinct students, band over seeds) and
 ``pareto.png`` (accuracy against parameters with the Pareto front).
+
+Baselines (``--baselines``, on a folder that holds a finished student's ``report.json``) train
+students of the same parameter count with no search — the teacher scaled uniformly in width,
+the teacher magnitude-pruned by Torch-Pruning, the student's architecture from scratch on labels
+and distilled from scratch — with the student's own final training, and write ``baselines.json``
+and ``baselines.md`` there (see :mod:`n2n_gym.baselines`).
 
 The benchmark runs every (algorithm, seed) pair that is not finished yet as an ordinary run
 directory under ``--out`` (``--workers`` at a time, one torch thread each; a killed benchmark
@@ -54,6 +61,14 @@ import train_agent
 from agents import ALGOS, Reinforce, agent_class
 from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.arch import StudentDescription
+from n2n_gym.baselines import (
+    BASELINES,
+    BASELINES_FILE,
+    baselines_table,
+    check_baselines,
+    read_baseline_source,
+    run_baselines,
+)
 from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
 from n2n_gym.cli import OneLineParser, fail, finish_with_progress
 from n2n_gym.compare import compare_runs, comparison_table, load_runs
@@ -95,6 +110,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="*", type=Path, help="run directories")
     parser.add_argument(
         "--compare", action="store_true", help="compare the runs instead of finishing one"
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="train baselines of the finished student's size, with no search, and compare",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(BASELINES),
+        help=f"--baselines: comma-separated subset of {','.join(BASELINES)}",
     )
     bench = parser.add_argument_group("benchmark (--benchmark)")
     bench.add_argument(
@@ -150,7 +175,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.benchmark:
         _check_benchmark_args(parser, args)
         return args
-    if not args.compare and len(args.runs) != 1:
+    if args.baselines:
+        if len(args.runs) != 1 or args.compare:
+            parser.error("--baselines takes one folder with a finished student's report.json")
+        try:
+            args.only = check_baselines(n.strip() for n in args.only.split(",") if n.strip())
+        except ValueError as error:
+            parser.error(f"--only: {error}")
+    elif not args.compare and len(args.runs) != 1:
         parser.error("finishing takes one run directory; pass --compare to compare several")
     for name in ("epochs", "batch_size", "latency_batch"):
         if getattr(args, name) < 1:
@@ -212,6 +244,30 @@ def finish(args: argparse.Namespace, console: Console) -> int:
         latency_batch=args.latency_batch,
     )
     return 0
+
+
+def baselines(args: argparse.Namespace, console: Console) -> int:
+    """Train each baseline with the finished student's settings, then print the comparison."""
+    from tqdm import tqdm
+
+    source = read_baseline_source(args.runs[0])  # refuses a wrong folder before any work
+    total = source.config.epochs * len(args.only)
+    with tqdm(total=total, desc="baselines", unit="epoch") as bar:
+
+        def on_epoch(name: str, entry: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(baseline=name, val=f"{entry['val_accuracy']:.4f}")
+
+        results = run_baselines(source, args.only, device=args.device, on_epoch=on_epoch)
+    markdown = baselines_table(results, markdown=True)
+    (source.folder / "baselines.md").write_text(markdown + "\n")
+    if console.is_terminal:
+        console.print(baselines_table(results))
+    else:
+        print(markdown)
+    console.print(f"wrote {source.folder / BASELINES_FILE} and {source.folder / 'baselines.md'}")
+    failed = [n for n, r in results["baselines"].items() if "error" in r]
+    return 1 if failed else 0
 
 
 def compare(args: argparse.Namespace, console: Console) -> int:
@@ -363,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.benchmark:
             return benchmark(args, console)
+        if args.baselines:
+            return baselines(args, console)
         return compare(args, console) if args.compare else finish(args, console)
     except (RunDirError, StudentFileError, TaskError, DistillationDiverged, ValueError) as error:
         return fail(str(error))

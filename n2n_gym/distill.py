@@ -44,8 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LossName = Literal["mse"]
-LOSSES: tuple[str, ...] = ("mse",)
+LossName = Literal["mse", "labels"]
+LOSSES: tuple[str, ...] = ("mse", "labels")
 ScheduleName = Literal["constant", "cosine"]
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
@@ -83,7 +83,9 @@ class DistillConfig:
         batch_size: images per optimiser step.
         lr: Adam learning rate (the paper's 5e-4 under-trains in a short run; see above).
         weight_decay: Adam weight decay (the paper's 5e-4).
-        loss: ``"mse"``: mean squared error between student and teacher logits (the paper's).
+        loss: ``"mse"``: mean squared error between student and teacher logits (the paper's);
+            ``"labels"``: cross-entropy with the true labels alone, no teacher (the baseline of
+            training the student's architecture without distillation).
         hard_label_weight: weight of an added cross-entropy with the true labels
             (``loss = mse + w · ce``); 0 is the paper's pure logit matching.
         lr_schedule: ``"cosine"`` (decays to zero over the run; the default, see above) or
@@ -372,7 +374,8 @@ def distill(
     """Train ``student`` in place to reproduce the teacher's logits on ``inputs``.
 
     Adam with the config's learning rate and weight decay minimises the mean squared error between
-    student and teacher logits (plus ``hard_label_weight`` × cross-entropy with ``labels``). The
+    student and teacher logits (plus ``hard_label_weight`` × cross-entropy with ``labels``; with
+    ``config.loss == "labels"``, the cross-entropy with ``labels`` alone). The
     batch order is a seeded permutation per epoch, so on CPU the result is bitwise reproducible.
 
     Args:
@@ -403,8 +406,11 @@ def distill(
             f"{len(inputs)} transfer images but {len(teacher_logits)} teacher logits; "
             "compute them together with TeacherTargets.compute"
         )
-    if config.hard_label_weight > 0 and labels is None:
-        raise ValueError("hard_label_weight > 0 needs the labels of the transfer images")
+    if (config.hard_label_weight > 0 or config.loss == "labels") and labels is None:
+        raise ValueError(
+            f"loss {config.loss!r} with hard_label_weight {config.hard_label_weight} needs the "
+            "labels of the transfer images"
+        )
     start = time.perf_counter()
     student = prepare_module(student, device)
     student.train()
@@ -436,8 +442,11 @@ def distill(
                 batch = order[begin : begin + config.batch_size]
                 with autocast(device):
                     output = student(inputs[batch]).float()
-                loss = F.mse_loss(output, teacher_logits[batch])
-                if config.hard_label_weight > 0:
+                if config.loss == "labels":
+                    loss = F.cross_entropy(output, labels[batch])
+                else:
+                    loss = F.mse_loss(output, teacher_logits[batch])
+                if config.hard_label_weight > 0 and config.loss != "labels":
                     loss = loss + config.hard_label_weight * F.cross_entropy(output, labels[batch])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -44,9 +45,11 @@ __all__ = [
     "StudentReport",
     "cpu_latency",
     "finish_run",
+    "model_size",
     "report_table",
     "test_report",
     "train_final",
+    "train_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,11 +120,30 @@ def train_final(
     Raises:
         InvalidArchitecture, DistillationDiverged: the student cannot be built or trained.
     """
-    device = resolve_device(device)
     start = time.perf_counter()
     _, module = build_student(
         copy.deepcopy(teacher.module).cpu(), student, inherit_weights=inherit_weights, seed=seed
     )
+    trained = train_module(teacher, data, module, config, device=device, on_epoch=on_epoch)
+    trained.wall_time = time.perf_counter() - start
+    return trained
+
+
+def train_module(
+    teacher: Teacher,
+    data: DatasetSplits,
+    module: torch.nn.Module,
+    config: DistillConfig = FINAL_TRAINING,
+    *,
+    device: str | torch.device = "auto",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FinalTraining:
+    """:func:`train_final` for a network already built (a baseline, a pruned teacher, ...).
+
+    ``module`` is trained in place; the best validation epoch's weights are loaded back into it.
+    """
+    device = resolve_device(device)
+    start = time.perf_counter()
     x_train, y_train = data.split("train")
     targets = TeacherTargets.compute(teacher.module, x_train, y_train, config, device)
     x_val, y_val = data.split("val")
@@ -174,6 +196,36 @@ def train_final(
     )
 
 
+def model_size(module: torch.nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Parameters and MACs per image of any network, counted as :class:`NetworkSpec` counts them.
+
+    MACs are those of the convolutions and linear layers (without biases), measured by one
+    forward pass of a single image, so a network that is not a description (a pruned teacher)
+    is counted the same way as one that is.
+    """
+    macs = 0
+
+    def count(layer: torch.nn.Module, _: Any, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(layer, torch.nn.Conv2d):
+            per_output = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+            macs += output[0].numel() * per_output
+        elif isinstance(layer, torch.nn.Linear):
+            macs += layer.in_features * layer.out_features
+
+    module = copy.deepcopy(module).cpu().eval()
+    handles = [
+        layer.register_forward_hook(count)
+        for layer in module.modules()
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    with torch.inference_mode():
+        module(torch.zeros(1, *input_shape))
+    for handle in handles:
+        handle.remove()
+    return sum(p.numel() for p in module.parameters()), macs
+
+
 def cpu_latency(
     module: torch.nn.Module,
     input_shape: tuple[int, ...],
@@ -221,7 +273,7 @@ class StudentReport:
 def test_report(
     teacher: Teacher,
     module: torch.nn.Module,
-    student: StudentDescription,
+    student: StudentDescription | None,
     data: DatasetSplits,
     *,
     device: str | torch.device = "auto",
@@ -233,7 +285,8 @@ def test_report(
     Args:
         teacher: the teacher.
         module: the finished student (built from ``student``).
-        student: its description.
+        student: its description; ``None`` for a network that has none (its size is counted by
+            :func:`model_size`).
         data: the splits; only ``test`` is read.
         device: where accuracies are measured.
         latency_batch: images per batch for the CPU latency.
@@ -247,22 +300,26 @@ def test_report(
     student_module = prepare_module(copy.deepcopy(module), device).eval()
     teacher_accuracy = accuracy(teacher_module, x, y)
     student_accuracy = accuracy(student_module, x, y)
-    spec = student.plan().spec
     shape = tuple(teacher.spec.input_shape)
+    if student is None:
+        params, flops = model_size(module, shape)
+    else:
+        spec = student.plan().spec
+        params, flops = spec.params, spec.flops
     return StudentReport(
         test_accuracy=student_accuracy,
         teacher_test_accuracy=teacher_accuracy,
-        params=spec.params,
+        params=params,
         teacher_params=teacher.spec.params,
-        flops=spec.flops,
+        flops=flops,
         teacher_flops=teacher.spec.flops,
-        compression=teacher.spec.params / spec.params,
+        compression=teacher.spec.params / params,
         accuracy_drop_pp=100.0 * (teacher_accuracy - student_accuracy),
         latency_ms=1000.0 * cpu_latency(module, shape, latency_batch),
         teacher_latency_ms=1000.0 * cpu_latency(teacher.module, shape, latency_batch),
         latency_batch=latency_batch,
         test_images=len(y),
-        student=student.to_dict(),
+        student=student.to_dict() if student is not None else {},
         extra=extra,
     )
 

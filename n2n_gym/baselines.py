@@ -1,0 +1,331 @@
+"""Is the search worth it? Simple students of the same size as a finished search's, trained as long.
+
+A compression search is worth its cost only if its student beats what needs no search. Given a
+finished student (a ``report.json`` of ``evaluate.py`` or of a pipeline), each baseline below is
+built at the parameter count nearest the student's and trained with the student's own final
+training settings (the same epochs, optimiser, schedule and data), then measured on the test set
+as the student was:
+
+``uniform-width``
+    the teacher with every shrinkable unit at one common width ratio (the width-multiplier
+    network), freshly initialised and distilled;
+``magnitude-pruned``
+    the teacher pruned by `Torch-Pruning <https://github.com/VainF/Torch-Pruning>`_: in every
+    layer the same share of channels goes, those of smallest L1 norm over their coupled group
+    (the layer, its BatchNorm, the next layer's inputs; its dependency graph also prunes residual
+    sums, which N2N's shrink action leaves whole), the rest keeping the teacher's weights; then
+    distilled;
+``scratch-labels``
+    the searched student's architecture, freshly initialised and trained on the true labels alone
+    (cross-entropy, no teacher);
+``scratch-distilled``
+    the same architecture freshly initialised and distilled: what starting from the teacher's
+    weights is worth.
+
+Torch-Pruning is an optional extra (``pip install 'n2n-gym[baselines]'``), needed only for
+``magnitude-pruned``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, unit_rules
+from n2n_gym.atomic import write_json_atomic
+from n2n_gym.distill import DistillConfig
+from n2n_gym.finalize import test_report, train_module
+from n2n_gym.runs import REPORT_FILE, RunDirError, read_run_task
+from n2n_gym.surgery import build_module, build_student
+from n2n_gym.task import Task
+from n2n_gym.teachers import Teacher
+
+__all__ = [
+    "BASELINES",
+    "BASELINES_FILE",
+    "BaselineSource",
+    "baselines_table",
+    "check_baselines",
+    "magnitude_pruned",
+    "read_baseline_source",
+    "run_baselines",
+    "uniform_width_student",
+]
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("uniform-width", "magnitude-pruned", "scratch-labels", "scratch-distilled")
+BASELINES_FILE = "baselines.json"
+_BISECTION_STEPS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSource:
+    """The finished student the baselines are measured against, and where it came from."""
+
+    folder: Path
+    report: dict[str, Any]
+    student: StudentDescription
+    config: DistillConfig
+    task: Task
+
+
+def read_baseline_source(folder: str | Path) -> BaselineSource:
+    """Read a finished student's ``report.json`` and the search run it names.
+
+    Raises:
+        RunDirError: ``folder`` holds no report, or the search run it names is gone.
+    """
+    folder = Path(folder)
+    path = folder / REPORT_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"{folder} has no {REPORT_FILE}; finish the search first (python evaluate.py RUN_DIR, "
+            "or train_agent.py --pipeline), then pass the folder that holds its report"
+        )
+    report = json.loads(path.read_text())
+    for key in ("student", "final_training", "run_dir"):
+        if not report.get(key):
+            raise RunDirError(f"{path} has no {key!r}; write it again with evaluate.py RUN_DIR")
+    # The report names its search run as it was given; a pipeline's stages sit beside it.
+    run_dir = Path(report["run_dir"])
+    if not run_dir.is_dir() and (folder / run_dir.name).is_dir():
+        run_dir = folder / run_dir.name
+    return BaselineSource(
+        folder=folder,
+        report=report,
+        student=StudentDescription.from_dict(report["student"]),
+        config=DistillConfig.from_dict(report["final_training"]),
+        task=read_run_task(run_dir),
+    )
+
+
+def check_baselines(names: Sequence[str]) -> list[str]:
+    """Validate baseline names (and that Torch-Pruning is there when asked for); raises ValueError."""
+    names = list(names)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown baseline {', '.join(unknown) or '(none given)'}; choose from {', '.join(BASELINES)}"
+        )
+    if "magnitude-pruned" in names and importlib.util.find_spec("torch_pruning") is None:
+        raise ValueError(
+            "the magnitude-pruned baseline needs Torch-Pruning: pip install 'n2n-gym[baselines]' "
+            "(or leave it out of the list)"
+        )
+    return names
+
+
+def _nearest(params_of: Callable[[float], int | None], target: int) -> float:
+    """The ratio in (0, 1] whose parameter count is nearest ``target`` (counts grow with it)."""
+    low, high = 0.0, 1.0  # params_of(low) <= target < params_of(high), or high is the answer
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        params = params_of(middle)
+        if params is not None and params <= target:
+            low = middle
+        else:
+            high = middle
+    candidates = [r for r in (low, high) if r > 0 and params_of(r) is not None]
+    if not candidates:
+        raise InvalidArchitecture(f"no network of this family has about {target:,} parameters")
+    return min(candidates, key=lambda r: abs(params_of(r) - target))
+
+
+def uniform_width_student(teacher: NetworkSpec, target_params: int) -> StudentDescription:
+    """The teacher with every shrinkable unit at the one width ratio nearest ``target_params``."""
+    shrinkable = [rule.shrinkable for rule in unit_rules(teacher)]
+
+    def describe(ratio: float) -> StudentDescription:
+        return StudentDescription(teacher, tuple(ratio if s else 1.0 for s in shrinkable))
+
+    def params_of(ratio: float) -> int | None:
+        try:
+            return describe(round(ratio, 4)).plan().spec.params
+        except InvalidArchitecture:
+            return None
+
+    return describe(round(_nearest(params_of, target_params), 4))
+
+
+def magnitude_pruned(
+    teacher: nn.Module, input_shape: Sequence[int], target_params: int
+) -> nn.Module:
+    """A copy of ``teacher`` pruned by Torch-Pruning's L1 magnitude to about ``target_params``.
+
+    Every prunable layer loses the same share of its channels (Torch-Pruning's default uniform
+    ratio), ranked by the L1 norm of each channel's coupled group; the classifier keeps its
+    outputs, and the ratio is found by bisection.
+    """
+    import torch_pruning as tp
+
+    example = torch.zeros(1, *input_shape)
+
+    def pruned(ratio: float) -> nn.Module:
+        module = copy.deepcopy(teacher).cpu().eval().requires_grad_(True)  # traced through autograd
+        heads = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1:]
+        pruner = tp.pruner.MagnitudePruner(
+            module,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=heads,
+        )
+        pruner.step()
+        return module
+
+    def params_of(keep: float) -> int | None:
+        try:
+            return sum(p.numel() for p in pruned(1.0 - keep).parameters())
+        except (RuntimeError, ValueError, IndexError):  # nothing left to prune to
+            return None
+
+    keep = _nearest(params_of, target_params)
+    return pruned(1.0 - keep)
+
+
+def _build(name: str, source: BaselineSource, teacher: Teacher) -> tuple[nn.Module, DistillConfig]:
+    target = source.student.plan().spec.params
+    seed = source.task.eval_seed
+    config = source.config
+    if name == "uniform-width":
+        description = uniform_width_student(teacher.spec, target)
+        module = build_module(description.plan().spec, seed)
+    elif name == "magnitude-pruned":
+        module = magnitude_pruned(teacher.module, teacher.spec.input_shape, target)
+    else:
+        _, module = build_student(
+            copy.deepcopy(teacher.module).cpu(), source.student, inherit_weights=False, seed=seed
+        )
+        if name == "scratch-labels":
+            config = dataclasses.replace(config, loss="labels")
+    return module.requires_grad_(True), config
+
+
+def run_baselines(
+    source: BaselineSource,
+    names: Sequence[str] = BASELINES,
+    *,
+    device: str | torch.device = "auto",
+    on_epoch: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Build, train and test each baseline; results go to ``baselines.json`` as each finishes.
+
+    A baseline already in that file (for the same student and training settings) is kept, so an
+    interrupted comparison continues where it stopped. One that fails is recorded with its error
+    and the others still run.
+
+    Returns:
+        ``{"student": {...}, "teacher": {...}, "baselines": {name: {...}}}``: test accuracy,
+        parameters, MACs, latency and training time of each.
+    """
+    path = source.folder / BASELINES_FILE
+    report = source.report
+    identity = {"student_key": source.student.key, "final_training": source.config.to_dict()}
+    results: dict[str, Any] = {
+        **identity,
+        "teacher": {
+            "test_accuracy": report["teacher_test_accuracy"],
+            "params": report["teacher_params"],
+            "flops": report["teacher_flops"],
+        },
+        "student": {key: report[key] for key in ("test_accuracy", "params", "flops", "latency_ms")},
+        "baselines": {},
+    }
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if all(earlier.get(k) == v for k, v in identity.items()):
+            results["baselines"] = {
+                n: r for n, r in earlier.get("baselines", {}).items() if "error" not in r
+            }
+    todo = [n for n in names if n not in results["baselines"]]
+    if not todo:
+        return results
+    teacher = source.task.load_teacher()
+    data = source.task.load_data()
+    for name in todo:
+        logger.info("baseline %s", name)
+        try:
+            module, config = _build(name, source, teacher)
+            trained = train_module(
+                teacher,
+                data,
+                module,
+                config,
+                device=device,
+                on_epoch=None if on_epoch is None else lambda entry, n=name: on_epoch(n, entry),
+            )
+            measured = test_report(
+                teacher,
+                trained.module,
+                None,
+                data,
+                device=device,
+                latency_batch=report.get("latency_batch", 64),
+            )
+            results["baselines"][name] = {
+                "test_accuracy": measured.test_accuracy,
+                "params": measured.params,
+                "flops": measured.flops,
+                "latency_ms": measured.latency_ms,
+                "val_accuracy": trained.val_accuracy,
+                "best_epoch": trained.best_epoch,
+                "training_seconds": trained.wall_time,
+            }
+        except (InvalidArchitecture, RuntimeError, ValueError) as error:
+            # one baseline that cannot be built or trained does not cost the others
+            logger.warning("baseline %s failed: %s", name, error)
+            results["baselines"][name] = {"error": f"{type(error).__name__}: {error}"}
+        write_json_atomic(path, results)
+    return results
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        ("teacher", results["teacher"]),
+        ("the search's student", results["student"]),
+        *results["baselines"].items(),
+    ]
+
+
+def baselines_table(results: dict[str, Any], markdown: bool = False) -> Table | str:
+    """The comparison as a rich table, or as Markdown (``markdown=True``) for files and pipes."""
+    teacher = results["teacher"]
+    header = ["", "test accuracy", "vs teacher", "parameters", "MACs / image", "training"]
+    lines = []
+    for name, row in _rows(results):
+        if "error" in row:
+            lines.append([name, "failed", row["error"], "", "", ""])
+            continue
+        drop = 100 * (row["test_accuracy"] - teacher["test_accuracy"])
+        seconds = row.get("training_seconds")
+        lines.append(
+            [
+                name,
+                f"{100 * row['test_accuracy']:.2f} %",
+                "" if name == "teacher" else f"{drop:+.2f} pp",
+                f"{row['params']:,}",
+                f"{row['flops']:,}",
+                "" if seconds is None else f"{seconds / 60:.1f} min",
+            ]
+        )
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out)
+    table = Table(title="the search's student against baselines of its size (test set)")
+    for column in header:
+        table.add_column(column, justify="left" if not column else "right")
+    for cells in lines:
+        table.add_row(*cells)
+    return table
