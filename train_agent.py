@@ -83,6 +83,9 @@ class Args:
     workers: int = 0
     """evaluation worker processes on this machine; with --ray-address the number of Ray actors
     (default: one per GPU, or one per CPU slot)"""
+    backend: str = "pool"
+    """what --workers are: pool (processes; fastest on CPU) or threads (one process, one CUDA
+    stream each: several small students in flight on one GPU)"""
     ray_address: str | None = None
     """Ray cluster that evaluates students ("local" starts Ray here); default: $RAY_ADDRESS"""
     threads: int | None = None
@@ -122,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--n-envs", type=int, default=defaults.n_envs)
     parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--backend", choices=("pool", "threads"), default=defaults.backend)
     parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
@@ -462,7 +466,9 @@ def make_vec_env(
         return SubprocVecEnv(
             [partial(_make_env, args.env, env_kwargs, share) for _ in range(args.n_envs)]
         ), None
-    backend = make_backend(task, workers=args.workers, ray_address=args.ray_address)
+    backend = make_backend(
+        task, workers=args.workers, ray_address=args.ray_address, kind=args.backend
+    )
     evaluator = task.build_evaluator(backend)
     if args.n_envs is None:
         # REINFORCE's m rollouts end on the same step; SB3 agents get one environment per worker.

@@ -17,9 +17,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -235,6 +236,30 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+# Torch's global generator is process-wide: threads that fork and seed it (dropout, initialisation)
+# take turns, so each sees only its own seed and the caller's state is restored intact.
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the enclosed code with torch's global generator seeded, then restore it (thread-safe).
+
+    Args:
+        seed: the seed for the enclosed code.
+        device: a CUDA device whose generator is forked and seeded too.
+    """
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def draws_randomness(module: nn.Module) -> bool:
+    """Whether training ``module`` draws from torch's global generator (dropout does)."""
+    return any(isinstance(layer, nn.modules.dropout._DropoutNd) for layer in module.modules())
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run the enclosed torch work on one CPU thread, restoring the thread count afterwards.
@@ -430,11 +455,11 @@ def distill(
     steps = images = 0
     first_loss = math.nan
     epoch_loss = torch.zeros((), device=device)
-    devices = [device] if device.type == "cuda" else []
     # Dropout draws from the global generator: fork it so a distillation neither depends on nor
-    # disturbs the caller's random state.
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.seed)
+    # disturbs the caller's random state. Students without dropout never touch it, so concurrent
+    # distillations of those need not take turns.
+    rng = seeded_global_rng(config.seed, device) if draws_randomness(student) else nullcontext()
+    with rng:
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(num, generator=generator).to(device)
             epoch_loss.zero_()

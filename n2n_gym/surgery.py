@@ -28,6 +28,7 @@ from n2n_gym.arch import (
     StudentPlan,
     TensorShape,
 )
+from n2n_gym.distill import seeded_global_rng
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,7 @@ def build_module(spec: NetworkSpec, seed: int | None = None) -> SpecNetwork:
     spec.shapes()
     if seed is None:
         return SpecNetwork(spec)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed):
         return SpecNetwork(spec)
 
 

@@ -19,7 +19,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import n2n_gym
 import train_agent
 from n2n_gym.arch import StudentDescription
-from n2n_gym.backends import BackendConfigError, ProcessPoolBackend, RayBackend
+from n2n_gym.backends import BackendConfigError, ProcessPoolBackend, RayBackend, ThreadBackend
 from n2n_gym.cache import MeasurementCache
 from n2n_gym.distill import DistillConfig
 from n2n_gym.envs.vector import ThreadedVecEnv
@@ -161,6 +161,71 @@ def test_a_worker_that_cannot_build_its_measurer_says_why(tmp_path):
         with pytest.raises(TaskError, match=r"teacher.pt.*does not exist"):
             backend.start()
         assert backend.workers_replaced == 0
+
+
+# ---- threads of one process sharing a measurer --------------------------------------------------
+
+
+@pytest.mark.expensive
+def test_thread_backend_measures_concurrently_bit_for_bit_as_in_process(reference):
+    threads = torch.get_num_threads()
+    try:
+        with ThreadBackend(TASK, 2) as backend:
+            results = Evaluator(backend).evaluate_many(STUDENTS)
+            assert backend.remote_measurements == len(STUDENTS)
+            assert backend.worker_pids() == [os.getpid()]
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_as_reference(results, reference)
+
+
+def test_concurrent_distillations_leave_the_global_generator_as_they_found_it():
+    from torch import nn
+
+    from n2n_gym.distill import TeacherTargets, distill
+
+    x = torch.randn(256, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    targets = TeacherTargets.compute(
+        teacher,
+        x,
+        torch.zeros(256, dtype=torch.long),
+        DistillConfig(transfer_size=None, batch_size=32),
+        "cpu",
+    )
+
+    def student(dropout: bool) -> nn.Module:
+        torch.manual_seed(0)
+        layers = [nn.Flatten(), nn.Linear(784, 32), nn.ReLU()]
+        return nn.Sequential(*layers, *([nn.Dropout(0.5)] if dropout else []), nn.Linear(32, 10))
+
+    def train(module):
+        distill(
+            module,
+            targets.logits,
+            targets.inputs,
+            DistillConfig(transfer_size=None, batch_size=32, epochs=2),
+            "cpu",
+        )
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    alone = [train(student(d)) for d in (True, False, True)]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    modules = [student(d) for d in (True, False, True)]
+    torch.set_rng_state(state)
+    outputs: list = [None] * 3
+    workers = [
+        threading.Thread(target=lambda i=i: outputs.__setitem__(i, train(modules[i])))
+        for i in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    # each student, dropout or not, trained as it does alone; the caller's random state is intact
+    assert all(torch.equal(a, b) for a, b in zip(alone, outputs, strict=True))
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 # ---- threads that step environments -------------------------------------------------------------

@@ -7,6 +7,8 @@ to environments as ``evaluator=`` and they cannot tell the difference:
 - in-process (the default): the environment builds its own evaluator from its task;
 - :class:`ProcessPoolBackend` (:mod:`~n2n_gym.backends.pool`): ``N`` long-lived worker processes
   on this machine;
+- :class:`ThreadBackend` (:mod:`~n2n_gym.backends.threads`): ``N`` threads of this process
+  sharing one measurer, each on its own CUDA stream on a GPU (several small students in flight);
 - :class:`RayBackend` (:mod:`~n2n_gym.backends.ray_actors`): long-lived Ray actors on a cluster,
   one per GPU when students are distilled on CUDA, otherwise one per CPU slot.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 from n2n_gym.backends.base import BackendConfigError, WorkerBackend
 from n2n_gym.backends.pool import ProcessPoolBackend
 from n2n_gym.backends.ray_actors import RayBackend
+from n2n_gym.backends.threads import ThreadBackend
 from n2n_gym.measure import WorkerDied
 from n2n_gym.task import Task
 
@@ -33,6 +36,7 @@ __all__ = [
     "BackendConfigError",
     "ProcessPoolBackend",
     "RayBackend",
+    "ThreadBackend",
     "WorkerBackend",
     "WorkerDied",
     "make_backend",
@@ -45,8 +49,9 @@ def make_backend(
     workers: int = 0,
     ray_address: str | None = None,
     threads: int | None = None,
+    kind: str = "pool",
 ) -> WorkerBackend:
-    """The back-end the command line asks for: Ray when given an address, else a process pool.
+    """The back-end the command line asks for: Ray when given an address, else ``kind``.
 
     Args:
         task: the search's task; workers build their measurer from it.
@@ -54,6 +59,8 @@ def make_backend(
         ray_address: a Ray address (see :class:`RayBackend`), or ``None`` for a process pool.
         threads: torch threads per pool worker (default: the cores divided among them); Ray CPU
             actors always use one.
+        kind: ``"pool"`` (worker processes) or ``"threads"`` (threads of this process sharing
+            one measurer; see :class:`ThreadBackend`).
 
     Raises:
         BackendConfigError: neither asked for, Ray missing, or the cluster cannot host the workers.
@@ -62,4 +69,8 @@ def make_backend(
         return RayBackend(task, ray_address, workers=workers or None)
     if workers < 1:
         raise BackendConfigError("pass workers=N (N >= 1) or ray_address=ADDRESS")
+    if kind == "threads":
+        return ThreadBackend(task, workers)
+    if kind != "pool":
+        raise BackendConfigError(f"backend {kind!r} is not known; use pool or threads")
     return ProcessPoolBackend(task, workers, threads=threads)
