@@ -38,7 +38,7 @@ import numpy as np
 
 from n2n_gym.atomic import atomic_write, write_json_atomic
 from n2n_gym.compare import Run, best_by_student
-from n2n_gym.runs import distinct_counts
+from n2n_gym.runs import distinct_counts, full_fidelity
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _optimum(runs: Sequence[Run]) -> tuple[float, bool]:
     if recorded:
         return float(max(recorded)), True
     best = max(
-        (r["reward"] for run in runs for r in run.evaluations if r.get("error") is None),
+        (r["reward"] for run in runs for r in run.evaluations if full_fidelity(r)),
         default=0.0,
     )
     return float(best), False
@@ -112,7 +112,7 @@ def seconds_regret_curve(
         if count > seen:
             clock += float(record.get("eval_seconds") or 0.0)
             seen = count
-        if record.get("error") is None and record["reward"] > best:
+        if full_fidelity(record) and record["reward"] > best:
             best = record["reward"]
         stamps.append(clock)
         values.append(optimum - best)
@@ -127,7 +127,7 @@ def students_to_reach(records: list[dict[str, Any]], budget: int, target: float)
     for record, count in zip(records, distinct_counts(records), strict=True):
         if count > budget:
             break
-        if record.get("error") is None and record["reward"] >= target - TOLERANCE:
+        if full_fidelity(record) and record["reward"] >= target - TOLERANCE:
             return count
     return None
 

@@ -42,6 +42,7 @@ from n2n_gym.runs import (
     REPORT_FILE,
     SUMMARY_FILE,
     distinct_counts,
+    full_fidelity,
     read_evaluations,
     within_budget,
 )
@@ -232,15 +233,11 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     return runs
 
 
-def _succeeded(record: dict[str, Any]) -> bool:
-    return record.get("error") is None
-
-
 def _best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The first successful record with the highest reward (the one RunRecorder keeps)."""
     best = None
     for record in records:
-        if _succeeded(record) and (best is None or record["reward"] > best["reward"]):
+        if full_fidelity(record) and (best is None or record["reward"] > best["reward"]):
             best = record
     return best
 
@@ -252,7 +249,7 @@ def best_by_student(records: list[dict[str, Any]], budget: int) -> list[float]:
     """
     curve, best = [], math.nan
     for record, count in zip(records, distinct_counts(records), strict=True):
-        if _succeeded(record) and (math.isnan(best) or record["reward"] > best):
+        if full_fidelity(record) and (math.isnan(best) or record["reward"] > best):
             best = record["reward"]
         if count > len(curve):
             curve.append(best)
@@ -266,7 +263,7 @@ def best_by_student(records: list[dict[str, Any]], budget: int) -> list[float]:
 def _evaluations_to_reach(records: list[dict[str, Any]], target: float) -> int | None:
     """Distinct students evaluated when a record first reached ``target``."""
     for record, count in zip(records, distinct_counts(records), strict=True):
-        if _succeeded(record) and record["reward"] >= target:
+        if full_fidelity(record) and record["reward"] >= target:
             return count
     return None
 
@@ -472,7 +469,7 @@ def _plot_pareto(runs: Sequence[Run], budget: int, path: Path) -> None:
                 for run in members
                 if run.algo == algo
                 for r in within_budget(run.evaluations, budget)
-                if _succeeded(r) and r.get("params") and r.get("accuracy") is not None
+                if r.get("error") is None and r.get("params") and r.get("accuracy") is not None
             ]
             points += students
             if students:

@@ -26,6 +26,7 @@ from typing import Any
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, StudentPlan
 from n2n_gym.cache import MeasurementCache, json_digest, measurement_key, student_identity
+from n2n_gym.halving import Halving, HalvingConfig
 from n2n_gym.measure import Measurement, Measurer, error_measurement
 from n2n_gym.reward import RewardConfig, compute_reward
 
@@ -66,6 +67,7 @@ class EvalResult:
     error: str | None = None
     error_type: str | None = None
     seconds: float = 0.0
+    halted_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,11 @@ class Evaluator:
         measurer: where measurements come from.
         reward_config: constraints and the error reward.
         cache: persistent measurement cache shared by runs and processes; ``None``: no caching.
+        halving: stop students that rank low part-way through their measurement (successive
+            halving, :mod:`n2n_gym.halving`); ``None``: every student gets the full budget.
+
+    Raises:
+        ValueError: halving asked of a measurer that cannot stop a measurement part-way.
     """
 
     def __init__(
@@ -107,10 +114,19 @@ class Evaluator:
         measurer: Measurer,
         reward_config: RewardConfig | None = None,
         cache: MeasurementCache | None = None,
+        halving: HalvingConfig | None = None,
     ) -> None:
+        if halving is not None and not measurer.supports_halving:
+            raise ValueError(
+                f"halving: {type(measurer).__name__} cannot stop a measurement part-way; halving "
+                "runs in the search's own process (no --workers / --ray-address) or on a table"
+            )
         self.measurer = measurer
         self.reward_config = reward_config or RewardConfig()
         self.cache = cache
+        self.halving = Halving(halving) if halving is not None else None
+        # Partial measurements of halted students: answers to repeats within this search only.
+        self._halted: dict[str, Measurement] = {}
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[Measurement]] = {}
 
@@ -205,6 +221,10 @@ class Evaluator:
             stored = self.cache.get(item.cache_key)
             if stored is not None:
                 item.measurement, item.cache_hit = Measurement.from_dict(stored), True
+        if item.measurement is None and self.halving is not None:
+            halted = self._halted.get(json_digest(student_identity(item.plan)))
+            if halted is not None:
+                item.measurement, item.cache_hit = halted, True
         return item
 
     def _measure(self, mine: dict[str, tuple[Future[Measurement], list[_Pending]]]) -> None:
@@ -212,14 +232,37 @@ class Evaluator:
         if not mine:
             return
         firsts = [entries[0] for _, entries in mine.values()]
-        measurements = self.measurer.measure_many([(p.plan, p.student) for p in firsts])
-        for (future, entries), measurement in zip(mine.values(), measurements, strict=True):
+        if self.halving is None:
+            measurements = self.measurer.measure_many([(p.plan, p.student) for p in firsts])
+        else:
+            measurements = [
+                self.measurer.measure_safely(
+                    p.plan, p.student, (self.halving.config.rungs, self._gate)
+                )
+                for p in firsts
+            ]
+        for (key, (future, entries)), measurement in zip(mine.items(), measurements, strict=True):
+            if measurement.halted_at is not None:
+                self._halted[key] = measurement
             # Cached before the in-flight entry goes, so a later request finds one or the other.
-            if entries[0].cache_key is not None and not measurement.transient:
+            elif entries[0].cache_key is not None and not measurement.transient:
                 self.cache.put(entries[0].cache_key, measurement.to_dict())
             for entry in entries:
                 entry.measurement = measurement
             future.set_result(measurement)
+
+    def _gate(self, rung: int, partial: Measurement) -> bool:
+        """Successive halving's decision at a rung, on the reward of the partial measurement."""
+        assert self.halving is not None
+        reward = compute_reward(
+            partial.accuracy,
+            self.teacher_accuracy,
+            partial.params,
+            self.teacher_params,
+            partial.flops,
+            self.reward_config,
+        ).reward
+        return self.halving.keep(rung, reward)
 
     def _result(self, item: _Pending, progress: int | None) -> EvalResult:
         measurement = item.measurement
@@ -249,6 +292,7 @@ class Evaluator:
             error=measurement.error,
             error_type=measurement.error_type,
             seconds=0.0 if item.cache_hit else (measurement.seconds or 0.0),
+            halted_at=measurement.halted_at,
         )
 
     def close(self) -> None:

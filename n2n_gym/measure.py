@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "EXPECTED_ERRORS",
     "TRANSIENT_ERRORS",
     "DistillationMeasurer",
+    "Gate",
     "Measurement",
     "Measurer",
     "ProxyMeasurer",
@@ -93,6 +94,8 @@ class Measurement:
         curve: the learning curve, ``(images, seconds, accuracy)`` at evenly spaced points of the
             transfer budget, the last one being the measurement itself; empty unless asked for
             (``DistillationMeasurer(curve_points=)``).
+        halted_at: the fraction of the training budget at which successive halving stopped the
+            student (the accuracy is the one measured there); ``None``: the full budget.
     """
 
     accuracy: float | None
@@ -102,6 +105,7 @@ class Measurement:
     error_type: str | None = None
     seconds: float | None = None
     curve: tuple[tuple[int, float, float], ...] = ()
+    halted_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -138,13 +142,21 @@ def error_measurement(error: BaseException, plan: StudentPlan | None) -> Measure
     )
 
 
+# A gate of successive halving: called at each rung with its index and the partial measurement
+# there; returns whether the student continues.
+Gate = Callable[[int, Measurement], bool]
+
+
 class Measurer(ABC):
     """Turns students of one teacher into measurements.
 
     Subclasses provide the teacher facts, :meth:`context` and :meth:`measure`; a measurer that can
     measure several students at once (a back-end with several workers) overrides
-    :meth:`measure_many`.
+    :meth:`measure_many`, one that can stop a measurement part-way (successive halving) sets
+    :attr:`supports_halving` and overrides :meth:`measure_halving`.
     """
+
+    supports_halving = False
 
     @property
     @abstractmethod
@@ -175,9 +187,28 @@ class Measurer(ABC):
         """Measure several students; expected errors become error measurements; same order."""
         return [self.measure_safely(plan, student) for plan, student in items]
 
-    def measure_safely(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
-        """:meth:`measure`, with an expected error returned as an error measurement."""
+    def measure_halving(
+        self,
+        plan: StudentPlan,
+        student: StudentDescription,
+        rungs: Sequence[float],
+        gate: Gate,
+    ) -> Measurement:
+        """Measure one student, asking ``gate`` at each rung (a fraction of the budget) whether
+        to go on; a student it stops gets the partial measurement, with ``halted_at`` set."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stop a measurement part-way")
+
+    def measure_safely(
+        self,
+        plan: StudentPlan,
+        student: StudentDescription,
+        halving: tuple[Sequence[float], Gate] | None = None,
+    ) -> Measurement:
+        """:meth:`measure` (:meth:`measure_halving` with ``(rungs, gate)``), with an expected
+        error returned as an error measurement."""
         try:
+            if halving is not None:
+                return self.measure_halving(plan, student, *halving)
             return self.measure(plan, student)
         except EXPECTED_ERRORS as error:
             logger.info("student %s failed: %s: %s", student.key, type(error).__name__, error)
@@ -185,6 +216,14 @@ class Measurer(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook: in-process measurers hold nothing)
         """Release workers or files (nothing for in-process measurers)."""
+
+
+class _Halted(Exception):
+    """Successive halving stopped a distillation at a rung."""
+
+    def __init__(self, measurement: Measurement) -> None:
+        super().__init__("halted")
+        self.measurement = measurement
 
 
 # ---- the real thing -----------------------------------------------------------------------------
@@ -319,8 +358,22 @@ class DistillationMeasurer(Measurer):
         plan, module, measured, _ = self._train(student)
         return plan, module, measured
 
+    supports_halving = True
+
+    def measure_halving(
+        self,
+        plan: StudentPlan,
+        student: StudentDescription,
+        rungs: Sequence[float],
+        gate: Gate,
+    ) -> Measurement:
+        return self._train(student, rungs, gate)[3]
+
     def _train(
-        self, student: StudentDescription
+        self,
+        student: StudentDescription,
+        rungs: Sequence[float] = (),
+        gate: Gate | None = None,
     ) -> tuple[StudentPlan, torch.nn.Module, float, Measurement]:
         targets = self.targets
         x, y = self.eval_set
@@ -335,6 +388,10 @@ class DistillationMeasurer(Measurer):
         curve: list[tuple[int, float, float]] = []
         probing = 0.0  # seconds spent on the curve's extra validations
 
+        # Rung checks are part of the cost (they decide); the curve's validations are not.
+        rung_at = {round(total * fraction): i for i, fraction in enumerate(rungs)}
+        rung_at = {step: i for step, i in rung_at.items() if 0 < step < total}
+
         def probe(steps: int, images: int) -> None:
             nonlocal probing
             if steps in probes:
@@ -342,6 +399,18 @@ class DistillationMeasurer(Measurer):
                 value = accuracy(module, x, y, config.eval_batch_size)
                 curve.append((images, began - start - probing, value))
                 probing += time.perf_counter() - began
+            if steps in rung_at and gate is not None:
+                rung = rung_at[steps]
+                partial = Measurement(
+                    accuracy=accuracy(module, x, y, config.eval_batch_size),
+                    params=plan.spec.params,
+                    flops=plan.spec.flops,
+                    seconds=time.perf_counter() - start - probing,
+                    curve=tuple(curve),
+                    halted_at=rungs[rung],
+                )
+                if not gate(rung, partial):
+                    raise _Halted(partial)
 
         try:
             stats = distill(
@@ -351,9 +420,11 @@ class DistillationMeasurer(Measurer):
                 config,
                 self.device,
                 labels=targets.labels,
-                on_step=probe if probes else None,
+                on_step=probe if probes or rung_at else None,
             )
             measured = accuracy(module, x, y, config.eval_batch_size)
+        except _Halted as halted:
+            return plan, module, halted.measurement.accuracy, halted.measurement
         except torch.OutOfMemoryError:
             del module
             torch.cuda.empty_cache()

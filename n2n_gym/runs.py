@@ -144,6 +144,12 @@ def student_id(record: dict[str, Any]) -> str:
     return record.get("student_key") or json_line(record.get("student"))
 
 
+def full_fidelity(record: dict[str, Any]) -> bool:
+    """Whether an evaluation record can be a run's best: measured without error, and at the full
+    fidelity (a student successive halving stopped part-way has a lower-fidelity reward)."""
+    return record.get("error") is None and record.get("halted_at") is None
+
+
 def distinct_counts(records: list[dict[str, Any]]) -> list[int]:
     """Distinct students evaluated after each record (what a budget counts)."""
     seen: set[str] = set()
@@ -250,6 +256,7 @@ class RunRecorder:
             "eval_seconds",
             "table_optimum",
             "student_key",
+            "halted_at",
         )
         record = {
             "evaluation": self.evaluations + 1,
@@ -267,9 +274,7 @@ class RunRecorder:
         return record
 
     def _update_best(self, record: dict[str, Any]) -> bool:
-        if record.get("error") is None and (
-            self.best is None or record["reward"] > self.best["reward"]
-        ):
+        if full_fidelity(record) and (self.best is None or record["reward"] > self.best["reward"]):
             self.best = record
             return True
         return False

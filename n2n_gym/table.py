@@ -20,15 +20,15 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from n2n_gym.arch import NetworkSpec, StudentDescription, StudentPlan
 from n2n_gym.cache import json_digest, student_identity
 from n2n_gym.grid import Grid
-from n2n_gym.measure import Measurement, Measurer
+from n2n_gym.measure import Gate, Measurement, Measurer
 from n2n_gym.reward import RewardConfig, compute_reward
 
 if TYPE_CHECKING:
@@ -456,6 +456,50 @@ class TableMeasurer(Measurer):
 
     def measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
         return self.table.row(plan, student).measurement
+
+    supports_halving = True
+
+    def check_rungs(self, rungs: Sequence[float]) -> None:
+        """Refuse rungs that are not points of the table's learning curves.
+
+        Raises:
+            TableError: naming the fractions the table has.
+        """
+        have = self.curve_fractions()
+        missing = [r for r in rungs if not any(abs(r - f) < 1e-3 for f in have)]
+        if missing:
+            raise TableError(
+                f"halving rungs {missing} are not points of table {self.table.name!r}'s learning "
+                f"curves; it has {[round(f, 4) for f in have] or 'none'}"
+            )
+
+    def curve_fractions(self) -> list[float]:
+        """The fractions of the budget at which the table's learning curves were measured."""
+        for row in self.table.rows.values():
+            curve = row.measurement.curve
+            if row.measurement.ok and curve:
+                return [images / curve[-1][0] for images, _, _ in curve[:-1]]
+        return []
+
+    def measure_halving(
+        self,
+        plan: StudentPlan,
+        student: StudentDescription,
+        rungs: Sequence[float],
+        gate: Gate,
+    ) -> Measurement:
+        full = self.measure(plan, student)
+        if not full.ok:
+            return full
+        final_images = full.curve[-1][0]
+        for rung, fraction in enumerate(rungs):
+            _, seconds, value = next(
+                point for point in full.curve if abs(point[0] / final_images - fraction) < 1e-3
+            )
+            partial = replace(full, accuracy=value, seconds=seconds, curve=(), halted_at=fraction)
+            if not gate(rung, partial):
+                return partial
+        return full
 
     def measure_many(
         self, items: Iterable[tuple[StudentPlan, StudentDescription]]

@@ -43,6 +43,7 @@ from n2n_gym.data import (
     load_dataset,
 )
 from n2n_gym.distill import FIDELITY_PRESETS, DistillConfig
+from n2n_gym.halving import HalvingConfig
 from n2n_gym.image_folder import (
     ImageFolderConfig,
     folder_info,
@@ -104,6 +105,17 @@ def _config_from(cls: type, value: Any, argument: str) -> Any:
         return cls(**value)
     except (TypeError, ValueError) as error:
         raise TaskError(f"{argument}: {error}") from None
+
+
+def _halving(value: Any) -> HalvingConfig:
+    if isinstance(value, HalvingConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise TaskError(f"halving={value!r}: pass a dict like {{'eta': 3, 'rungs': [0.25, 0.5]}}")
+    try:
+        return HalvingConfig.from_dict(value)
+    except (TypeError, ValueError) as error:
+        raise TaskError(str(error)) from None
 
 
 def _fidelity(value: str | Mapping[str, Any] | DistillConfig) -> DistillConfig:
@@ -239,6 +251,10 @@ class Task:
         split_seed: seeds that hold-out (0 is the split teachers are trained without).
         fidelity: how much distillation one measurement gets.
         constraints: the reward's constraints and error reward.
+        halving: successive halving of each student's budget (``{"eta": 3, "rungs": [0.25,
+            0.5]}``, :class:`~n2n_gym.halving.HalvingConfig`): students that rank low at a rung
+            stop there; ``None``: every student gets the whole fidelity. Needs the in-process
+            distillation or a table (its rungs points of the table's learning curves).
         measurer: ``"distill"`` (real distillation), ``"table"`` (the measurements of a table
             built by :mod:`n2n_gym.tabulate`, in microseconds) or ``"proxy"`` (a cheap
             deterministic stand-in for tests and debugging; needs no data).
@@ -268,6 +284,7 @@ class Task:
     split_seed: int = 0
     fidelity: DistillConfig = field(default_factory=lambda: FIDELITY_PRESETS["fast"])
     constraints: RewardConfig = field(default_factory=RewardConfig)
+    halving: HalvingConfig | None = None
     measurer: MeasurerName = "distill"
     table: str | None = None
     curve_points: int = 1
@@ -293,6 +310,8 @@ class Task:
         object.__setattr__(
             self, "constraints", _config_from(RewardConfig, self.constraints, "constraints")
         )
+        if self.halving is not None:
+            object.__setattr__(self, "halving", _halving(self.halving))
         self._check()
 
     # ---- construction ---------------------------------------------------------------------------
@@ -353,6 +372,7 @@ class Task:
         data = asdict(self)
         data["fidelity"] = self.fidelity.to_dict()
         data["constraints"] = self.constraints.to_dict()
+        data["halving"] = self.halving.to_dict() if self.halving is not None else None
         if self.image_folder is not None:
             data["image_folder"] = self.image_folder.to_dict()
         return data
@@ -636,7 +656,18 @@ class Task:
         """
         from n2n_gym.evaluation import Evaluator
 
-        return Evaluator(measurer or self.build_measurer(), self.constraints, self.open_cache())
+        measurer = measurer or self.build_measurer()
+        if self.halving is not None and self.measurer == "proxy":
+            raise TaskError("halving: the proxy measures no learning curve; use distill or table")
+        if self.halving is not None and hasattr(measurer, "check_rungs"):
+            try:
+                measurer.check_rungs(self.halving.rungs)
+            except ValueError as error:
+                raise TaskError(str(error)) from None
+        try:
+            return Evaluator(measurer, self.constraints, self.open_cache(), self.halving)
+        except ValueError as error:
+            raise TaskError(str(error)) from None
 
 
 def _absolute(path: str) -> str:

@@ -339,6 +339,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "masked_actions": self._masked_actions,
             "wall_time": result.wall_time,
             "eval_seconds": result.seconds,
+            "halted_at": result.halted_at,
         } | ({"table_optimum": self.table_optimum()} if self._table is not None else {})
 
     def render(self) -> str | None:
