@@ -1,0 +1,140 @@
+"""Successive halving: the rule, tables, live distillation, the cache, and bad settings."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import n2n_gym  # noqa: F401 (registers the environments)
+from n2n_gym.arch import StudentDescription
+from n2n_gym.cache import MeasurementCache
+from n2n_gym.distill import DistillConfig
+from n2n_gym.evaluation import Evaluator
+from n2n_gym.halving import Halving, HalvingConfig
+from n2n_gym.measure import ProxyMeasurer
+from n2n_gym.task import Task, TaskError
+from n2n_gym.teachers import small_vgg
+
+SPEC = small_vgg()
+HALVING = {"eta": 3, "rungs": [0.25, 0.5]}
+
+
+def test_a_student_continues_when_it_ranks_in_the_top_third_of_its_rung():
+    halving = Halving(HalvingConfig(eta=3, rungs=(0.5,)))
+    # 1st always; 2nd only above the 1st; 4th needs to be in the top 2 of 4
+    decisions = [halving.keep(0, reward) for reward in (0.5, 0.4, 0.6, 0.55, 0.1)]
+    assert decisions == [True, False, True, True, False]
+    assert halving.measured(0) == 5
+
+
+@pytest.mark.parametrize(
+    "halving, match",
+    [
+        ({"eta": 1}, "eta"),
+        ({"rungs": [0.5, 0.25]}, "rungs"),
+        ({"rungs": [1.0]}, "rungs"),
+        ({"eta": 3, "rung": [0.5]}, "no setting rung"),
+        ("fast", "pass a dict"),
+    ],
+)
+def test_bad_halving_settings_fail_at_make_naming_the_setting(halving, match):
+    with pytest.raises(TaskError, match=match):
+        gym.make("N2NJoint-Tab-v0", halving=halving)
+
+
+def test_halving_round_trips_through_the_task_file():
+    task = Task(measurer="table", halving=HALVING)
+    assert task.halving == HalvingConfig(3, (0.25, 0.5))
+    assert Task.from_dict(task.to_dict()) == task
+
+
+def test_halving_needs_a_measurer_that_can_stop_part_way():
+    with pytest.raises(ValueError, match="cannot stop a measurement part-way"):
+        Evaluator(ProxyMeasurer(SPEC), halving=HalvingConfig())
+    with pytest.raises(TaskError, match="proxy"):
+        Task(measurer="proxy", halving=HALVING).build_evaluator()
+    with pytest.raises(TaskError, match=r"not points of table .* learning curves"):
+        Task(measurer="table", halving={"rungs": [0.3]}).build_evaluator()
+
+
+def play_random(env, episodes: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    infos = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            mask = env.unwrapped.action_masks()
+            _, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(mask))))
+        infos.append(info | {"reward": reward})
+    return infos
+
+
+def test_on_a_table_halving_costs_less_and_keeps_every_full_measurement():
+    full = play_random(gym.make("N2NJoint-Tab-v0"), 120)
+    halved = play_random(gym.make("N2NJoint-Tab-v0", halving=HALVING), 120)
+    table = gym.make("N2NJoint-Tab-v0").unwrapped.evaluator.measurer.table
+    stopped = [h for h in halved if h["halted_at"] is not None]
+    assert stopped and all(f["halted_at"] is None for f in full)
+    for f, h in zip(full, halved, strict=True):
+        assert f["student_key"] == h["student_key"]  # random search ignores the rewards
+        if h["halted_at"] is None:  # continued to the end: exactly the full measurement
+            assert (h["accuracy"], h["reward"]) == (f["accuracy"], f["reward"])
+        elif not h["cache_hit"]:
+            # the reward of the curve point where it stopped, and only its cost
+            row = table.by_ratios[tuple(h["student"]["ratios"])]
+            point = next(
+                p
+                for p in row.measurement.curve
+                if p[0] == row.measurement.curve[-1][0] * h["halted_at"]
+            )
+            assert h["accuracy"] == point[2] and h["eval_seconds"] == point[1]
+            assert h["accuracy"] <= row.measurement.accuracy + 0.05
+    spent = lambda infos: sum(i["eval_seconds"] for i in infos)  # noqa: E731
+    assert spent(halved) < 0.7 * spent(full)
+    # a winner can be stopped early, but what is found at full fidelity is close to the best
+    best = lambda infos: max(i["reward"] for i in infos if i["halted_at"] is None)  # noqa: E731
+    assert best(full) * 0.99 <= best(halved) <= best(full)
+
+
+FIDELITY = DistillConfig(transfer_size=512, batch_size=32, lr=2e-3, eval_size=500)
+TASK = Task(fidelity=FIDELITY, device="cpu", val_size=500)
+STUDENT = StudentDescription(SPEC, (1, 0, 1, 0, 1, 0, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def measurer():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield TASK.replace(curve_points=4).build_measurer()
+    torch.set_num_threads(threads)
+
+
+def test_live_halving_stops_where_the_curve_was_measured_and_continues_bit_for_bit(measurer):
+    plan = STUDENT.plan()
+    full = measurer.measure(plan, STUDENT)
+    asked = []
+    kept = measurer.measure_halving(
+        plan, STUDENT, (0.25, 0.5), lambda r, m: asked.append(m) or True
+    )
+    assert [m.halted_at for m in asked] == [0.25, 0.5] and kept.halted_at is None
+    assert kept.accuracy == full.accuracy  # the checks at the rungs change nothing
+    stopped = measurer.measure_halving(plan, STUDENT, (0.25, 0.5), lambda r, m: r < 1)
+    assert stopped.halted_at == 0.5 and stopped.accuracy == full.curve[1][2]
+    assert stopped.seconds < full.seconds
+
+
+def test_a_halted_student_is_never_cached_as_a_full_measurement(tmp_path, measurer):
+    cache = MeasurementCache(tmp_path / "rewards.sqlite")
+    evaluator = Evaluator(measurer, cache=cache, halving=HalvingConfig(eta=3, rungs=(0.5,)))
+    evaluator.halving.keep(0, 1.0)  # a strong earlier student: this one ranks below it
+    first = evaluator.evaluate(STUDENT)
+    assert first.halted_at == 0.5 and first.ok and len(cache) == 0
+    again = evaluator.evaluate(STUDENT)  # a repeat within the search: answered, free
+    assert again.cache_hit and again.seconds == 0 and again.reward == first.reward
+    # without halving the same cache measures it in full
+    full = Evaluator(measurer, cache=cache).evaluate(STUDENT)
+    assert full.halted_at is None and not full.cache_hit and len(cache) == 1
+    assert full.accuracy > 0.3
