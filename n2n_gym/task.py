@@ -664,10 +664,13 @@ class Task:
                 measurer.check_rungs(self.halving.rungs)
             except ValueError as error:
                 raise TaskError(str(error)) from None
-        try:
-            return Evaluator(measurer, self.constraints, self.open_cache(), self.halving)
-        except ValueError as error:
-            raise TaskError(str(error)) from None
+        if self.halving is not None and not measurer.supports_halving:
+            # Refused before the cache file exists: a failed start leaves nothing behind.
+            raise TaskError(
+                f"halving: {type(measurer).__name__} measures whole students; halving runs in "
+                "the search's own process (no --workers / --ray-address) or on a table"
+            )
+        return Evaluator(measurer, self.constraints, self.open_cache(), self.halving)
 
 
 def _absolute(path: str) -> str:

@@ -138,3 +138,13 @@ def test_a_halted_student_is_never_cached_as_a_full_measurement(tmp_path, measur
     full = Evaluator(measurer, cache=cache).evaluate(STUDENT)
     assert full.halted_at is None and not full.cache_hit and len(cache) == 1
     assert full.accuracy > 0.3
+
+
+def test_halving_with_worker_processes_is_refused_before_the_cache_file_exists(tmp_path):
+    from n2n_gym.backends import ProcessPoolBackend
+
+    cache = tmp_path / "run" / "rewards.sqlite"
+    task = TASK.replace(halving=HalvingConfig(), cache_path=str(cache))
+    with ProcessPoolBackend(task, 1) as backend, pytest.raises(TaskError, match="whole students"):
+        task.build_evaluator(backend)
+    assert not cache.exists()
