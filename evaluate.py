@@ -58,7 +58,7 @@ from sb3_contrib import MaskablePPO
 
 import n2n_gym  # noqa: F401  (registers the environments)
 import train_agent
-from agents import ALGOS, Reinforce, agent_class
+from agents import ALGOS, PRUNING_SEARCHES, Reinforce, agent_class
 from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.arch import StudentDescription
 from n2n_gym.baselines import (
@@ -92,7 +92,8 @@ BENCHMARK_ENV = "N2NJoint-Tab-v0"
 BENCHMARK_BUDGET = 500
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
 # about 10x the others': it is reported from a separate run, see the README).
-DEFAULT_ALGOS = tuple(a for a in ALGOS if a != "recurrent_ppo")
+# tpe-hyperband needs halving in the env kwargs (bench/halving.py runs it).
+DEFAULT_ALGOS = tuple(a for a in ALGOS if a not in ("recurrent_ppo", *PRUNING_SEARCHES))
 # REINFORCE with each of its controllers, and from the shipped removal policy, as algorithms of
 # their own: the train_agent.py flags each one adds (--algos controllers runs the controllers).
 VARIANTS = {

@@ -41,7 +41,15 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import ALGOS, SEARCHES, RandomSearch, Reinforce, agent_class, hyperparams
+from agents import (
+    ALGOS,
+    PRUNING_SEARCHES,
+    SEARCHES,
+    RandomSearch,
+    Reinforce,
+    agent_class,
+    hyperparams,
+)
 from agents.controllers import CONTROLLER_KINDS, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
 from agents.sb3 import make_sb3_agent
@@ -241,11 +249,16 @@ def parse_args(argv: list[str] | None = None) -> Args:
         if stage == "shrink":
             kwargs.update(shrink_kwargs)
             kwargs.pop("start_from", None)  # the pipeline passes stage 1's result
+        flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
         try:
-            search_task(env_id, kwargs, device=ns.device, ray_address=ns.ray_address)
+            task, _ = search_task(env_id, kwargs, device=ns.device, ray_address=ns.ray_address)
         except TaskError as error:
-            flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
             parser.error(f"{env_id} ({flag} / --device): {error}")
+        if ns.algo in PRUNING_SEARCHES and task.halving is None:
+            parser.error(
+                f"--algo {ns.algo} prunes at successive-halving rungs: add halving to {flag}, "
+                'e.g. \'{"halving": {"eta": 3, "rungs": [0.25, 0.5]}}\''
+            )
     skip = (
         "env_kwargs",
         "start_from",

@@ -10,15 +10,17 @@ from agents.hyperparams import hyperparams
 from agents.random_search import RandomSearch
 from agents.reinforce import Reinforce
 from agents.sb3 import SB3_ALGOS
-from agents.tpe import TPESearch
+from agents.tpe import TPEHyperbandSearch, TPESearch
 
 __all__ = [
     "ALGOS",
+    "PRUNING_SEARCHES",
     "SEARCHES",
     "EpisodeSearch",
     "RandomSearch",
     "RegularizedEvolution",
     "Reinforce",
+    "TPEHyperbandSearch",
     "TPESearch",
     "agent_class",
     "hyperparams",
@@ -29,8 +31,11 @@ SEARCHES: dict[str, type[EpisodeSearch]] = {
     "random": RandomSearch,
     "evolution": RegularizedEvolution,
     "tpe": TPESearch,
+    "tpe-hyperband": TPEHyperbandSearch,
 }
 ALGOS: tuple[str, ...] = ("reinforce", *SB3_ALGOS, *SEARCHES)
+# Searches that decide at the task's successive-halving rungs themselves: they need its halving.
+PRUNING_SEARCHES: tuple[str, ...] = ("tpe-hyperband",)
 
 
 def agent_class(algo: str) -> type[BaseAlgorithm]:

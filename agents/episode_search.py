@@ -49,7 +49,7 @@ class EpisodeSearch:
     def predict(self, observation=None, state=None, episode_start=None, deterministic=False):
         raise NotImplementedError
 
-    def _episode_ended(self, index: int, reward: float) -> None:
+    def _episode_ended(self, index: int, reward: float, info: dict[str, Any]) -> None:
         """Environment ``index`` finished an episode with ``reward`` (its student is scored)."""
 
     def learn(self, total_timesteps: int, callback: BaseCallback | None = None) -> EpisodeSearch:
@@ -63,7 +63,7 @@ class EpisodeSearch:
             self._obs, rewards, dones, infos = self.env.step(actions)
             self.num_timesteps += self.env.num_envs
             for index in np.flatnonzero(dones):
-                self._episode_ended(int(index), float(rewards[index]))
+                self._episode_ended(int(index), float(rewards[index]), infos[index])
             if callback is not None:
                 callback.update_locals(locals())
                 if not callback.on_step():
@@ -97,6 +97,14 @@ class PlannedSearch(EpisodeSearch):
     def observe(self, plan: Plan, reward: float) -> None:
         """Learn from one finished student (called once per episode, in order of completion)."""
 
+    def started(self, index: int, plan: Plan) -> None:
+        """Environment ``index`` starts playing ``plan`` (e.g. to attach a halving gate)."""
+
+    def finished(self, plan: Plan, reward: float, info: dict[str, Any]) -> None:
+        """A live episode of ``plan`` ended (``info``: its terminal info); by default
+        :meth:`observe`. Replayed histories call :meth:`observe` only."""
+        self.observe(plan, reward)
+
     # ---- shared helpers -------------------------------------------------------------------------
     def random_plan(self) -> Plan:
         return tuple(int(self.rng.choice(choices)) for choices in self.choices)
@@ -118,17 +126,18 @@ class PlannedSearch(EpisodeSearch):
         for index in range(self.env.num_envs):
             if self._plans[index] is None:
                 self._plans[index], self._steps[index] = self.propose(), 0
+                self.started(index, self._plans[index])
             actions.append(self._plans[index][self._steps[index]])
             self._steps[index] += 1
         return np.array(actions), None
 
-    def _episode_ended(self, index: int, reward: float) -> None:
+    def _episode_ended(self, index: int, reward: float, info: dict[str, Any]) -> None:
         plan = self._plans[index]
         self._plans[index] = None
         if plan is None:
             return
         self.history.append((plan, reward))
-        self.observe(plan, reward)
+        self.finished(plan, reward, info)
 
     # ---- saving and resuming --------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

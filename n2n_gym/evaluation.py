@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,7 +30,10 @@ from n2n_gym.halving import Halving, HalvingConfig
 from n2n_gym.measure import Measurement, Measurer, error_measurement
 from n2n_gym.reward import RewardConfig, compute_reward
 
-__all__ = ["EvalResult", "Evaluator"]
+__all__ = ["EvalResult", "Evaluator", "RewardGate"]
+
+# A caller's successive-halving decision: (rung index, partial reward) -> continue?
+RewardGate = Callable[[int, float], bool]
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,20 @@ class Evaluator:
         return self.teacher_spec.flops
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, student: StudentDescription, progress: int | None = None) -> EvalResult:
+    def evaluate(
+        self,
+        student: StudentDescription,
+        progress: int | None = None,
+        gate: RewardGate | None = None,
+    ) -> EvalResult:
         """Score one student.
 
         Args:
             student: decisions on this evaluator's teacher.
             progress: policy updates completed so far (for annealed constraints).
+            gate: with halving, decides at each rung instead of the halving rule: called with
+                the rung's index and the partial reward, returns whether to continue (a
+                multi-fidelity optimiser's pruner, e.g. Optuna's).
 
         Returns:
             The result; an expected failure gives ``reward_on_error`` with ``error`` and
@@ -162,16 +173,20 @@ class Evaluator:
         Raises:
             ValueError: the student was made for a different teacher architecture.
         """
-        return self.evaluate_many([student], progress)[0]
+        return self.evaluate_many([student], progress, gate)[0]
 
     def evaluate_many(
-        self, students: Iterable[StudentDescription], progress: int | None = None
+        self,
+        students: Iterable[StudentDescription],
+        progress: int | None = None,
+        gate: RewardGate | None = None,
     ) -> list[EvalResult]:
         """Score several students; the measurer gets every cache miss at once. Same order.
 
         Args:
             students: decisions on this evaluator's teacher.
             progress: policy updates completed so far (for annealed constraints).
+            gate: see :meth:`evaluate`.
         """
         batch = [self._prepare(student) for student in students]
         mine: dict[str, tuple[Future[Measurement], list[_Pending]]] = {}
@@ -192,7 +207,7 @@ class Evaluator:
             if shared is not None:
                 item.wait_for, item.cache_hit = shared, True
         try:
-            self._measure(mine)
+            self._measure(mine, gate)
         finally:
             with self._lock:
                 for key, (future, _) in mine.items():
@@ -227,7 +242,11 @@ class Evaluator:
                 item.measurement, item.cache_hit = halted, True
         return item
 
-    def _measure(self, mine: dict[str, tuple[Future[Measurement], list[_Pending]]]) -> None:
+    def _measure(
+        self,
+        mine: dict[str, tuple[Future[Measurement], list[_Pending]]],
+        gate: RewardGate | None = None,
+    ) -> None:
         """Measure the first request of every student this batch owns; share the result."""
         if not mine:
             return
@@ -235,11 +254,10 @@ class Evaluator:
         if self.halving is None:
             measurements = self.measurer.measure_many([(p.plan, p.student) for p in firsts])
         else:
+            decide = self._gate if gate is None else self._external_gate(gate)
+            rungs = self.halving.config.rungs
             measurements = [
-                self.measurer.measure_safely(
-                    p.plan, p.student, (self.halving.config.rungs, self._gate)
-                )
-                for p in firsts
+                self.measurer.measure_safely(p.plan, p.student, (rungs, decide)) for p in firsts
             ]
         for (key, (future, entries)), measurement in zip(mine.items(), measurements, strict=True):
             if measurement.halted_at is not None:
@@ -251,10 +269,8 @@ class Evaluator:
                 entry.measurement = measurement
             future.set_result(measurement)
 
-    def _gate(self, rung: int, partial: Measurement) -> bool:
-        """Successive halving's decision at a rung, on the reward of the partial measurement."""
-        assert self.halving is not None
-        reward = compute_reward(
+    def _partial_reward(self, partial: Measurement) -> float:
+        return compute_reward(
             partial.accuracy,
             self.teacher_accuracy,
             partial.params,
@@ -262,7 +278,14 @@ class Evaluator:
             partial.flops,
             self.reward_config,
         ).reward
-        return self.halving.keep(rung, reward)
+
+    def _gate(self, rung: int, partial: Measurement) -> bool:
+        """Successive halving's decision at a rung, on the reward of the partial measurement."""
+        assert self.halving is not None
+        return self.halving.keep(rung, self._partial_reward(partial))
+
+    def _external_gate(self, gate: RewardGate) -> Callable[[int, Measurement], bool]:
+        return lambda rung, partial: bool(gate(rung, self._partial_reward(partial)))
 
     def _result(self, item: _Pending, progress: int | None) -> EvalResult:
         measurement = item.measurement

@@ -148,3 +148,34 @@ def test_halving_with_worker_processes_is_refused_before_the_cache_file_exists(t
     with ProcessPoolBackend(task, 1) as backend, pytest.raises(TaskError, match="whole students"):
         task.build_evaluator(backend)
     assert not cache.exists()
+
+
+def test_tpe_hyperband_lets_optunas_pruner_stop_students(tmp_path):
+    import train_agent
+    from n2n_gym.runs import read_evaluations
+
+    out = tmp_path / "run"
+    argv = ["--algo", "tpe-hyperband", "--env", "N2NJoint-Tab-v0", "--budget", "60"]
+    assert train_agent.main([*argv, "--out", str(out), "--env-kwargs", '{"halving": {}}']) == 0
+    records = read_evaluations(out)
+    halted = [r for r in records if r["halted_at"] is not None]
+    assert 0 < len(halted) < len(records)
+    assert {r["halted_at"] for r in halted} <= {0.25, 0.5}
+    # the pruned students cost less than the full ones (their training stopped at a rung)
+    spent = {r["student_key"]: r["eval_seconds"] for r in records if not r["cache_hit"]}
+    full = [
+        spent[r["student_key"]] for r in records if r["halted_at"] is None and not r["cache_hit"]
+    ]
+    assert max(spent[r["student_key"]] for r in halted if not r["cache_hit"]) < max(full)
+
+
+def test_a_pruning_search_without_halving_fails_before_any_folder(tmp_path, capsys):
+    import train_agent
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(
+            ["--algo", "tpe-hyperband", "--env", "N2NJoint-Tab-v0", "--out", str(out)]
+        )
+    assert "add halving to --env-kwargs" in capsys.readouterr().err
+    assert not out.exists()

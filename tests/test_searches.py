@@ -51,7 +51,7 @@ def test_every_algorithm_has_defaults_in_the_hyperparameter_file():
     for algo in train_agent.ALGOS:
         assert isinstance(hyperparams(algo, "N2NJoint-Tab-v0"), dict)
     assert hyperparams("evolution")["population_size"] == 20
-    assert set(SEARCHES) == {"random", "evolution", "tpe"}
+    assert set(SEARCHES) == {"random", "evolution", "tpe", "tpe-hyperband"}
 
 
 def test_a_misspelt_hyperparameter_fails_before_any_folder(tmp_path, capsys):

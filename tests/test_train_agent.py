@@ -13,7 +13,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import train_agent
-from agents import Reinforce
+from agents import PRUNING_SEARCHES, Reinforce
 from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
 
 PROXY = '{"evaluator": "proxy"}'
@@ -27,7 +27,13 @@ def run(tmp_path: Path, *extra: str) -> int:
 @pytest.mark.parametrize("algo", train_agent.ALGOS)
 def test_each_algorithm_writes_a_complete_run_directory(algo, tmp_path):
     out = tmp_path / algo
-    assert run(tmp_path, "--algo", algo, "--budget", "6", "--out", str(out)) == 0
+    # A pruning search needs rungs: the table has learning curves to halve on (the proxy none).
+    where = (
+        ["--env", "N2NRemoval-Tab-v0", "--env-kwargs", '{"halving": {"eta": 3}}']
+        if algo in PRUNING_SEARCHES
+        else ["--env-kwargs", PROXY]
+    )
+    assert train_agent.main([*where, "--algo", algo, "--budget", "6", "--out", str(out)]) == 0
     for name in RUN_FILES:
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())

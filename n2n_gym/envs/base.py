@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from n2n_gym.arch import DESCRIPTOR_SIZE, StudentDescription, unit_descriptors
-from n2n_gym.evaluation import EvalResult, Evaluator
+from n2n_gym.evaluation import EvalResult, Evaluator, RewardGate
 from n2n_gym.task import Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._masked_actions = 0
         self.last_result: EvalResult | None = None
         self.search_evaluations = 0
+        self._halving_gate: RewardGate | None = None
 
     # ---- hooks for subclasses ---------------------------------------------------------------
     def _base_student(self) -> StudentDescription:
@@ -286,10 +287,26 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._step += 1
         if self._step < self.num_steps:
             return self._observation(), 0.0, False, False, {"action_mask": self.action_masks()}
-        result = self.evaluator.evaluate(self.student(), progress=self.anneal_progress)
+        gate, self._halving_gate = self._halving_gate, None
+        result = self.evaluator.evaluate(self.student(), self.anneal_progress, gate)
         self.search_evaluations += 1
         self.last_result = result
         return self._observation(), float(result.reward), True, False, self._terminal_info(result)
+
+    def set_halving_gate(self, gate: RewardGate | None) -> None:
+        """Let ``gate`` decide, at each halving rung of this episode's student, whether it
+        continues (``(rung, partial_reward) -> bool``; a multi-fidelity optimiser's pruner),
+        instead of the task's halving rule. It applies to the next terminal step only.
+
+        Raises:
+            ValueError: the task has no ``halving`` (no rungs to decide at).
+        """
+        if gate is not None and self.task.halving is None:
+            raise ValueError(
+                "set_halving_gate needs halving in the task, e.g. halving={'eta': 3, "
+                "'rungs': [0.25, 0.5]}"
+            )
+        self._halving_gate = gate
 
     @property
     def _keep_action(self) -> int:
