@@ -122,7 +122,7 @@ class Evaluator:
         if halving is not None and not measurer.supports_halving:
             raise ValueError(
                 f"halving: {type(measurer).__name__} cannot stop a measurement part-way; halving "
-                "runs in the search's own process (no --workers / --ray-address) or on a table"
+                "runs in the search's own process (no --workers, or --backend threads) or on a table"
             )
         self.measurer = measurer
         self.reward_config = reward_config or RewardConfig()

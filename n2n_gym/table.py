@@ -433,6 +433,18 @@ def load_table(path: str | os.PathLike[str]) -> Table:
     return _read(str(path.resolve()), (stat.st_mtime_ns, stat.st_size))
 
 
+def _validation_seconds(measurement: Measurement) -> float:
+    """What one validation pass cost in a measurement: its seconds beyond the training time,
+    which the learning curve's evenly spaced points extrapolate to the full budget."""
+    curve = measurement.curve
+    if len(curve) < 3 or measurement.seconds is None:
+        return 0.0
+    (images_a, seconds_a, _), (images_b, seconds_b, _) = curve[0], curve[-2]
+    per_image = (seconds_b - seconds_a) / (images_b - images_a)
+    training = seconds_b + per_image * (curve[-1][0] - images_b)
+    return max(0.0, measurement.seconds - training)
+
+
 class TableMeasurer(Measurer):
     """Measurements from a table: what the live evaluator measured, in microseconds.
 
@@ -491,15 +503,20 @@ class TableMeasurer(Measurer):
         full = self.measure(plan, student)
         if not full.ok:
             return full
+        # The curve's seconds leave out its validations; a live rung check pays one. Charge it
+        # at every rung reached, so the simulated clock is what live halving spends.
+        check = _validation_seconds(full)
         final_images = full.curve[-1][0]
         for rung, fraction in enumerate(rungs):
             _, seconds, value = next(
                 point for point in full.curve if abs(point[0] / final_images - fraction) < 1e-3
             )
-            partial = replace(full, accuracy=value, seconds=seconds, curve=(), halted_at=fraction)
+            partial = replace(
+                full, accuracy=value, seconds=seconds + check, curve=(), halted_at=fraction
+            )
             if not gate(rung, partial):
                 return partial
-        return full
+        return replace(full, seconds=full.seconds + check * len(rungs))
 
     def measure_many(
         self, items: Iterable[tuple[StudentPlan, StudentDescription]]

@@ -668,7 +668,7 @@ class Task:
             # Refused before the cache file exists: a failed start leaves nothing behind.
             raise TaskError(
                 f"halving: {type(measurer).__name__} measures whole students; halving runs in "
-                "the search's own process (no --workers / --ray-address) or on a table"
+                "the search's own process (no --workers, or --backend threads) or on a table"
             )
         return Evaluator(measurer, self.constraints, self.open_cache(), self.halving)
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from n2n_gym.arch import StudentDescription, StudentPlan
 from n2n_gym.backends.base import BackendConfigError, WorkerBackend
 from n2n_gym.backends.worker import Worker, WorkerFacts
 from n2n_gym.distill import resolve_device
+from n2n_gym.measure import Gate, Measurement, Measurer
 from n2n_gym.task import Task
 
 __all__ = ["ThreadBackend"]
@@ -44,6 +47,7 @@ class ThreadBackend(WorkerBackend):
         super().__init__(task, retries=retries)
         self.workers = workers
         self._worker: Worker | None = None
+        self._measurer: Measurer | None = None
         self._slots: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @property
@@ -61,19 +65,38 @@ class ThreadBackend(WorkerBackend):
             stream = torch.cuda.Stream(device) if device.type == "cuda" else None
             self._slots.put(stream)
         self._worker = worker
+        self._measurer = worker.measurer
         return [facts]
 
+    # The measurer is in this process, so successive halving's gate can be called from a slot.
+    supports_halving = True
+
+    def measure_halving(
+        self,
+        plan: StudentPlan,
+        student: StudentDescription,
+        rungs: Sequence[float],
+        gate: Gate,
+    ) -> Measurement:
+        with self._lock:
+            self.remote_measurements += 1
+        return self._in_slot(lambda: self._measurer.measure_halving(plan, student, rungs, gate))
+
     def _call(self, method: str, *args: Any) -> Any:
+        return self._in_slot(lambda: getattr(self._worker, method)(*args))
+
+    def _in_slot(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` in a free slot (on its CUDA stream), waiting for one."""
         self._worker_facts()
         with self._lock:
             self._check_open()
         stream = self._slots.get()
         try:
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                reply = getattr(self._worker, method)(*args)
+                result = work()
                 if stream is not None:
                     stream.synchronize()
-            return reply
+            return result
         finally:
             self._slots.put(stream)
 

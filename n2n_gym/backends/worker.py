@@ -70,6 +70,11 @@ class Worker:
         assert self._measurer is not None
         return self._measurer
 
+    @property
+    def measurer(self) -> Measurer:
+        """The worker's measurer (raises the error it failed to build with)."""
+        return self._ready()
+
     def facts(self) -> WorkerFacts:
         measurer = self._ready()
         return WorkerFacts(
