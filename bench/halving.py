@@ -4,13 +4,14 @@ Runs the same searches (``--algos``, ``--seeds`` seeds, ``--budget`` distinct st
 ``N2NJoint-Tab-v0`` twice through the benchmark harness — every student at the full fidelity, and
 with ``halving`` in the environment kwargs — then reads the runs' simulated clocks (the live
 seconds the table stores for each measurement, a partial one's up to its rung) and reports, per
-algorithm and for each target (the table's optimum and 99 % of it), the simulated seconds until
+algorithm (and for TPE with Optuna's Hyperband pruner at the same rungs against plain TPE)
+and for each target (the table's optimum and 99 % of it), the simulated seconds until
 the best full-fidelity reward reaches the target: IQM over seeds with 95 % stratified bootstrap
 intervals (rliable), the speed-up (IQM without / IQM with halving, its interval from resampling
 the seeds of both) and how many seeds reached the target. A seed that never reaches it is counted
 at the time its run ended (right-censored), which only flatters the side that misses more.
 
-    python bench/halving.py                       # random, reinforce, evolution; 10 seeds
+    python bench/halving.py                       # random, reinforce, evolution, tpe; 10 seeds
     python bench/halving.py --seeds 10 --budget 300 --eta 3 --rungs 0.25,0.5
 
 Both benchmarks resume: rerunning the command finishes what is missing, then reports.
@@ -65,18 +66,24 @@ def bootstrap(a: np.ndarray, b: np.ndarray | None, reps: int, rng) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algos", default="random,reinforce,evolution")
+    parser.add_argument("--algos", default="random,reinforce,evolution,tpe")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget", type=int, default=300)
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument("--rungs", default="0.25,0.5")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/halving"))
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results_halving.json")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="default bench/results_halving_eta<ETA>.json"
+    )
     args = parser.parse_args()
     console = Console()
+    args.results = args.results or ROOT / "bench" / f"results_halving_eta{args.eta:g}.json"
     halving = {"eta": args.eta, "rungs": [float(r) for r in args.rungs.split(",")]}
     sides = {"full": {}, "halving": {"halving": halving}}
+    algos = {"full": args.algos.split(",")}
+    # With halving, TPE also runs with Optuna's Hyperband pruner deciding at the rungs.
+    algos["halving"] = algos["full"] + (["tpe-hyperband"] if "tpe" in algos["full"] else [])
     for side, kwargs in sides.items():
         command = [
             sys.executable,
@@ -85,7 +92,7 @@ def main() -> None:
             "--env",
             "N2NJoint-Tab-v0",
             "--algos",
-            args.algos,
+            ",".join(algos[side]),
             "--seeds",
             str(args.seeds),
             "--budget",
@@ -114,21 +121,23 @@ def main() -> None:
     )
     for column in ("algorithm", "target", "full fidelity", "halving", "speed-up", "reached"):
         table.add_column(column, justify="right")
-    for algo in args.algos.split(","):
+    for algo in algos["halving"]:
+        baseline = "tpe" if algo == "tpe-hyperband" else algo
         for fraction in (1.0, 0.99):
             target = fraction * optimum
             times, reached = {}, {}
-            for side in sides:
+            for side, name in (("full", baseline), ("halving", algo)):
                 pairs = [
                     time_to_reach(run.evaluations, target, args.budget)
                     for run in runs[side]
-                    if run.algo == algo
+                    if run.algo == name
                 ]
                 times[side] = np.array([t for t, _ in pairs])
                 reached[side] = sum(ok for _, ok in pairs)
             full, halved = times["full"], times["halving"]
             row = {
                 "algo": algo,
+                "baseline": baseline,
                 "target": f"{fraction:.0%} of optimum",
                 "full_iqm": iqm(full),
                 "full_ci": bootstrap(full, None, 2000, rng),
@@ -142,7 +151,7 @@ def main() -> None:
             }
             results["rows"].append(row)
             table.add_row(
-                algo,
+                algo if algo == baseline else f"{algo} (vs {baseline})",
                 row["target"],
                 f"{row['full_iqm']:.0f} s [{row['full_ci'][0]:.0f}, {row['full_ci'][1]:.0f}]",
                 f"{row['halving_iqm']:.0f} s [{row['halving_ci'][0]:.0f}, {row['halving_ci'][1]:.0f}]",

@@ -130,8 +130,13 @@ def read_evaluations(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / EVALUATIONS_FILE
     if not path.exists():
         return []
+    text = path.read_text()
+    lines = text.split("\n")
+    # The text after the last newline is a record being written now (or torn by a crash).
+    if lines[-1]:
+        logger.debug("skipping the unfinished last line of %s", path)
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines[:-1], 1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
