@@ -15,8 +15,9 @@ Students are timed alternately (reference, ours, reference, ...) so a change in 
 both; ours includes its one-off set-up (teacher logits, teacher accuracy). ``--ablation`` adds
 reference variants that each take one of our measures, to show where the ratio comes from.
 
-The limit is measured in the same run: the machine's fp32 matmul peak (GFLOP/s of 2048x2048
-products on the same threads, best of several, before and after the students). Each path's achieved
+The limit is measured in the same run: the machine's matmul peak (GFLOP/s of 2048x2048 products
+on the same threads, best of several, before and after the students; fp32 on the CPU, bf16 on
+CUDA, the dtypes students train in). Each path's achieved
 GFLOP/s is the students' training and scoring FLOPs, counted by ``torch.utils.flop_counter`` on one
 optimiser step and one validation batch (2 FLOPs per multiply-add, as the matmul peak counts them),
 divided by its seconds. Two batched paths measure "many students at once": a process pool with one
@@ -215,9 +216,11 @@ def benchmark(
 
 
 def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 8) -> float:
-    """GFLOP/s of the best of ``repeats`` fp32 ``size``x``size`` matmuls on ``device``."""
+    """GFLOP/s of the best of ``repeats`` ``size``x``size`` matmuls on ``device``, in the dtype
+    students train in there (fp32 on the CPU, bf16 under CUDA's autocast)."""
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
     best = math.inf
     for _ in range(repeats + 1):  # the first warms up
         if device.type == "cuda":
