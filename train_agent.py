@@ -53,7 +53,7 @@ from agents import (
 from agents.controllers import CONTROLLER_KINDS, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
 from agents.sb3 import make_sb3_agent
-from n2n_gym.backends import BackendConfigError, make_backend
+from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
@@ -96,6 +96,9 @@ class Args:
     stream each: several small students in flight on one GPU)"""
     ray_address: str | None = None
     """Ray cluster that evaluates students ("local" starts Ray here); default: $RAY_ADDRESS"""
+    ray_data: str = "object_store"
+    """how Ray workers get the teacher and data: object_store (shipped by this process; nodes
+    need only the package) or paths (each reads the task's paths, which every node must have)"""
     threads: int | None = None
     """torch CPU threads of this search, shared by its processes (default: every core)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--backend", choices=("pool", "threads"), default=defaults.backend)
     parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
+    parser.add_argument("--ray-data", choices=("object_store", "paths"), default=defaults.ray_data)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments"
@@ -480,7 +484,11 @@ def make_vec_env(
             [partial(_make_env, args.env, env_kwargs, share) for _ in range(args.n_envs)]
         ), None
     backend = make_backend(
-        task, workers=args.workers, ray_address=args.ray_address, kind=args.backend
+        task,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        kind=args.backend,
+        ray_data=args.ray_data,
     )
     evaluator = task.build_evaluator(backend)
     if args.n_envs is None:
@@ -628,7 +636,7 @@ def run_search(args: Args, console: Console) -> int:
         CONVERGED_EPISODE_FACTOR * args.budget - recorder.evaluations + args.n_envs
     ) * episode_length
     start = time.perf_counter()
-    interrupted = False
+    interrupted = lost = False
     try:
         agent.learn(total_steps, callback=callback)
     except KeyboardInterrupt:
@@ -638,6 +646,9 @@ def run_search(args: Args, console: Console) -> int:
             style="yellow",
             soft_wrap=True,
         )
+    except WorkersLost as error:
+        interrupted = lost = True
+        console.print(f"error: {error}", style="red", soft_wrap=True)
     finally:
         callback.save()
         bar.close()
@@ -650,7 +661,7 @@ def run_search(args: Args, console: Console) -> int:
     )
     _print_summary(console, summary, run_dir)
     _save_best_weights(run_dir, task, console)
-    return 130 if interrupted else 0
+    return 1 if lost else 130 if interrupted else 0
 
 
 def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:

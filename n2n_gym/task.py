@@ -611,11 +611,15 @@ class Task:
             raise TaskError(str(error)) from None
         return table
 
-    def build_measurer(self, teacher: Teacher | None = None) -> Measurer:
+    def build_measurer(
+        self, teacher: Teacher | None = None, data: DatasetSplits | None = None
+    ) -> Measurer:
         """The measurer this task describes: distillation, a table, or the proxy.
 
         Args:
             teacher: the loaded teacher, if the caller has it (otherwise it is loaded).
+            data: the loaded data set, if the caller has it (a Ray worker gets it from the
+                object store; otherwise it is loaded).
         """
         from n2n_gym.measure import DistillationMeasurer, ProxyMeasurer
         from n2n_gym.table import TableMeasurer
@@ -627,7 +631,7 @@ class Task:
             return ProxyMeasurer(info.spec, teacher_accuracy=info.val_accuracy or 0.99)
         return DistillationMeasurer(
             teacher if teacher is not None else self.load_teacher(),
-            self.load_data(),
+            data if data is not None else self.load_data(),
             self.fidelity,
             device=self.device,
             inherit_weights=self.inherit_weights,

@@ -25,7 +25,7 @@ student retried on a fresh worker; if that fails too the measurement is an error
 
 from __future__ import annotations
 
-from n2n_gym.backends.base import BackendConfigError, WorkerBackend
+from n2n_gym.backends.base import BackendConfigError, WorkerBackend, WorkersLost
 from n2n_gym.backends.pool import ProcessPoolBackend
 from n2n_gym.backends.ray_actors import RayBackend
 from n2n_gym.backends.threads import ThreadBackend
@@ -39,6 +39,7 @@ __all__ = [
     "ThreadBackend",
     "WorkerBackend",
     "WorkerDied",
+    "WorkersLost",
     "make_backend",
 ]
 
@@ -50,6 +51,7 @@ def make_backend(
     ray_address: str | None = None,
     threads: int | None = None,
     kind: str = "pool",
+    ray_data: str = "object_store",
 ) -> WorkerBackend:
     """The back-end the command line asks for: Ray when given an address, else ``kind``.
 
@@ -59,6 +61,7 @@ def make_backend(
         ray_address: a Ray address (see :class:`RayBackend`), or ``None`` for a process pool.
         threads: torch threads per pool worker (default: the cores divided among them); Ray CPU
             actors always use one.
+        ray_data: how Ray actors get the teacher and data (see :class:`RayBackend`'s ``data``).
         kind: ``"pool"`` (worker processes) or ``"threads"`` (threads of this process sharing
             one measurer; see :class:`ThreadBackend`).
 
@@ -66,7 +69,7 @@ def make_backend(
         BackendConfigError: neither asked for, Ray missing, or the cluster cannot host the workers.
     """
     if ray_address:
-        return RayBackend(task, ray_address, workers=workers or None)
+        return RayBackend(task, ray_address, workers=workers or None, data=ray_data)
     if workers < 1:
         raise BackendConfigError("pass workers=N (N >= 1) or ray_address=ADDRESS")
     if kind == "threads":

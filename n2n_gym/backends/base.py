@@ -14,13 +14,21 @@ from n2n_gym.backends.worker import Reply, WorkerFacts
 from n2n_gym.measure import Measurement, Measurer, WorkerDied
 from n2n_gym.task import Task
 
-__all__ = ["BackendConfigError", "WorkerBackend"]
+__all__ = ["BackendConfigError", "WorkerBackend", "WorkersLost"]
 
 logger = logging.getLogger(__name__)
 
 
 class BackendConfigError(ValueError):
     """A back-end setting that cannot work here; the message names the setting and the fix."""
+
+
+class WorkersLost(RuntimeError):
+    """Every evaluation worker is gone and none can be started: the search must stop.
+
+    Not an expected error of one student (those become error results): it stops the search, whose
+    finished evaluations are kept for ``--resume``.
+    """
 
 
 class WorkerBackend(Measurer):

@@ -6,12 +6,16 @@ import multiprocessing
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from n2n_gym.arch import NetworkSpec, StudentDescription
 from n2n_gym.cache import json_digest
 from n2n_gym.measure import Measurement, Measurer
 from n2n_gym.task import Task
+
+if TYPE_CHECKING:
+    from n2n_gym.data import DatasetSplits
+    from n2n_gym.teachers import Teacher
 
 __all__ = ["Reply", "Worker", "WorkerFacts", "pool_call", "pool_context", "start_pool_worker"]
 
@@ -47,9 +51,17 @@ class Worker:
     Args:
         task: the search's task; the worker builds its measurer.
         threads: torch CPU threads of this worker (its share of the machine's cores).
+        teacher, data: the loaded teacher and data set, when the driver hands them over (Ray's
+            object store); otherwise the worker loads them from the task's paths.
     """
 
-    def __init__(self, task: Task, threads: int | None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        threads: int | None,
+        teacher: Teacher | None = None,
+        data: DatasetSplits | None = None,
+    ) -> None:
         if threads:
             import torch
 
@@ -59,7 +71,7 @@ class Worker:
         self.context_digest = ""
         try:
             task.check_device()
-            self._measurer = task.build_measurer()
+            self._measurer = task.build_measurer(teacher, data)
             self.context_digest = json_digest(self._measurer.context())
         except Exception as error:
             self._error = error
