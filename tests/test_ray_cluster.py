@@ -196,3 +196,39 @@ def test_when_every_worker_is_gone_the_search_stops_with_one_clear_error(world, 
         assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], WorkersLost)
     assert "--resume" in str(errors[0])
+
+
+def test_a_search_whose_workers_all_vanish_stops_and_resumes_with_nothing_lost(
+    world, cluster_factory, tmp_path, capsys
+):
+    import json
+
+    import train_agent
+    from n2n_gym.runs import read_evaluations
+
+    _, task, _, _ = world
+    cluster, nodes = cluster_factory(0, 1)
+    out = tmp_path / "run"
+    kwargs = {
+        "teacher": task.teacher,
+        "dataset": "imagefolder",
+        "data_dir": task.data_dir,
+        "fidelity": task.fidelity.to_dict(),
+    }
+    argv = ["--algo", "random", "--budget", "8", "--out", str(out), "--ray-address", "auto"]
+    argv += ["--env-kwargs", json.dumps(kwargs), "--checkpoint-every", "1"]
+    status: list[int] = []
+    search = threading.Thread(target=lambda: status.append(train_agent.main(argv)))
+    search.start()
+    wait_for(lambda: len(read_evaluations(out)) >= 2, seconds=120)
+    cluster.remove_node(nodes[0])
+    search.join(timeout=300)
+    assert status == [1]
+    assert "every Ray evaluation actor is gone" in capsys.readouterr().out
+    done = read_evaluations(out)
+    assert 2 <= len(done) < 8
+    cluster.add_node(num_cpus=1)
+    assert train_agent.main([*argv, "--resume"]) == 0
+    records = read_evaluations(out)
+    assert records[: len(done)] == done  # nothing measured before the loss is lost or redone
+    assert len({r["student_key"] for r in records}) == 8
