@@ -239,7 +239,10 @@ class Evaluator:
         if item.measurement is None and self.halving is not None:
             halted = self._halted.get(json_digest(student_identity(item.plan)))
             if halted is not None:
-                item.measurement, item.cache_hit = halted, True
+                rung = self.halving.config.rungs.index(halted.halted_at)
+                if self.halving.still_out(rung, self._partial_reward(halted)):
+                    item.measurement, item.cache_hit = halted, True
+                # else: the field has grown below it; proposed again, it is measured again
         return item
 
     def _measure(

@@ -83,6 +83,14 @@ class Halving:
             better = sum(other > reward for other in field)
             return better < math.ceil(len(field) / self.config.eta)
 
+    def still_out(self, rung: int, reward: float) -> bool:
+        """Whether a student stopped at ``rung`` with ``reward`` would still be stopped, against
+        the field as it is now (ASHA promotes a stopped one once enough others rank below it)."""
+        with self._lock:
+            field = self._rewards[rung]
+            better = sum(other > reward for other in field)
+            return better >= math.ceil(len(field) / self.config.eta)
+
     def measured(self, rung: int) -> int:
         """Rewards recorded at ``rung`` so far."""
         with self._lock:

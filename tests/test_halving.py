@@ -202,3 +202,18 @@ def test_the_thread_backend_halves_as_the_search_process_does(measurer):
         assert [measured.halted_at for measured in shared.evaluate_many([STUDENT])] == [0.5]
         assert shared.evaluate_many([STUDENT])[0].cache_hit
         assert alone.evaluate(STUDENT).accuracy == shared.evaluate(STUDENT).accuracy
+
+
+def test_a_stopped_student_proposed_again_is_measured_again_once_the_field_ranks_below_it(
+    measurer,
+):
+    evaluator = Evaluator(measurer, halving=HalvingConfig(eta=2, rungs=(0.5,)))
+    evaluator.halving.keep(0, 1.0)  # one strong earlier student: this one is stopped
+    first = evaluator.evaluate(STUDENT)
+    assert first.halted_at == 0.5
+    assert evaluator.evaluate(STUDENT).cache_hit  # the field has not changed: still out
+    for _ in range(3):
+        evaluator.halving.keep(0, 0.0)  # three weak ones: now it ranks in the top half
+    assert not evaluator.halving.still_out(0, first.reward)
+    again = evaluator.evaluate(STUDENT)
+    assert not again.cache_hit and again.halted_at is None and again.accuracy > first.accuracy
