@@ -19,7 +19,7 @@ from n2n_gym.arch import StudentDescription, unit_rules
 from n2n_gym.backends import RayBackend, WorkersLost
 from n2n_gym.distill import DistillConfig
 from n2n_gym.evaluation import Evaluator
-from n2n_gym.task import Task
+from n2n_gym.task import Task, TaskError
 from n2n_gym.teachers import train_teacher
 
 ray = pytest.importorskip("ray")
@@ -142,6 +142,9 @@ def test_nodes_need_only_the_package_and_give_the_in_process_rewards(world, clus
             backend.start()
             results = Evaluator(backend).evaluate_many(students)
             assert backend.num_workers == 2
+        # reading the paths instead needs them wherever the task is read: a clear error
+        with pytest.raises(TaskError, match="data_dir"):
+            RayBackend(task, data="paths").start()
     finally:
         shutil.move(moved, root)
     for result in results:
