@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(task: Task, students, nodes: int, remove_one: bool = False) -> dict:
     """Wall seconds of one batch on ``nodes`` one-slot nodes (optionally losing one mid-batch)."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     extra = [cluster.add_node(num_cpus=1) for _ in range(nodes - 1)]
     ray.init(address=cluster.address, logging_level="WARNING")
     try:

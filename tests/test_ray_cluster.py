@@ -85,7 +85,9 @@ def world(tmp_path_factory):
 
 
 def start_cluster(head_cpus: int, *node_cpus: int):
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False}
+    )
     nodes = [cluster.add_node(num_cpus=cpus) for cpus in node_cpus]
     ray.init(address=cluster.address, logging_level="WARNING")
     return cluster, nodes
