@@ -70,7 +70,7 @@ from n2n_gym.baselines import (
     run_baselines,
 )
 from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
-from n2n_gym.cli import OneLineParser, fail, finish_with_progress
+from n2n_gym.cli import OneLineParser, fail, finish_with_progress, markdown, show_table
 from n2n_gym.compare import compare_runs, comparison_table, load_runs
 from n2n_gym.distill import DistillationDiverged
 from n2n_gym.finalize import FINAL_TRAINING
@@ -260,12 +260,9 @@ def baselines(args: argparse.Namespace, console: Console) -> int:
             bar.set_postfix(baseline=name, val=f"{entry['val_accuracy']:.4f}")
 
         results = run_baselines(source, args.only, device=args.device, on_epoch=on_epoch)
-    markdown = baselines_table(results, markdown=True)
-    (source.folder / "baselines.md").write_text(markdown + "\n")
-    if console.is_terminal:
-        console.print(baselines_table(results))
-    else:
-        print(markdown)
+    table = baselines_table(results)
+    (source.folder / "baselines.md").write_text(markdown(table) + "\n")
+    show_table(console, table)
     console.print(f"wrote {source.folder / BASELINES_FILE} and {source.folder / 'baselines.md'}")
     failed = [n for n, r in results["baselines"].items() if "error" in r]
     return 1 if failed else 0
@@ -274,7 +271,7 @@ def baselines(args: argparse.Namespace, console: Console) -> int:
 def compare(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("runs/comparison")
     comparison = compare_runs(args.runs, out, budget=args.budget)
-    console.print(comparison_table(comparison))
+    show_table(console, comparison_table(comparison))
     console.print(
         f"wrote {comparison.json_path}, {comparison.csv_path}, {comparison.reward_plot}, "
         f"{comparison.pareto_plot}"

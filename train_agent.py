@@ -54,7 +54,14 @@ from agents.controllers import CONTROLLER_KINDS, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
 from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
-from n2n_gym.cli import OneLineParser, cores, fail, finish_with_progress, set_threads
+from n2n_gym.cli import (
+    OneLineParser,
+    cores,
+    fail,
+    finish_with_progress,
+    set_threads,
+    show_table,
+)
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
 from n2n_gym.finalize import FINAL_TRAINING
@@ -616,7 +623,8 @@ def run_search(args: Args, console: Console) -> int:
         console.print(f"{run_dir} already stopped ({done}) at a budget of {args.budget} students")
         _print_summary(console, recorder.write_summary(env=args.env, stop_reason=done), run_dir)
         return 0
-    config = {**asdict(args), "task": task.to_dict(), "env_options": options}
+    # The run's own folder, even when it was the default: config.json alone reruns the search.
+    config = {**asdict(args), "out": str(run_dir), "task": task.to_dict(), "env_options": options}
     write_json_atomic(run_dir / CONFIG_FILE, config)
     _warn_shared_cores(console, run_dir, threads)
     venv.seed(args.seed + recorder.evaluations)
@@ -743,7 +751,7 @@ def _print_summary(console: Console, summary: dict[str, Any], run_dir: Path) -> 
     )
     if summary.get("stop_reason") == "converged":
         table.add_row("stopped", "", "converged (no new students)")
-    console.print(table)
+    show_table(console, table)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from torch import nn
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, unit_rules
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.distill import DistillConfig
-from n2n_gym.finalize import test_report, train_module
+from n2n_gym.finalize import points, test_report, train_module
 from n2n_gym.runs import REPORT_FILE, RunDirError, read_run_task
 from n2n_gym.surgery import build_module, build_student
 from n2n_gym.task import Task
@@ -298,34 +298,25 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def baselines_table(results: dict[str, Any], markdown: bool = False) -> Table | str:
-    """The comparison as a rich table, or as Markdown (``markdown=True``) for files and pipes."""
+def baselines_table(results: dict[str, Any]) -> Table:
+    """The comparison as a rich table (``n2n_gym.cli.markdown`` turns it into Markdown)."""
     teacher = results["teacher"]
-    header = ["", "test accuracy", "vs teacher", "parameters", "MACs / image", "training"]
-    lines = []
+    table = Table(title="the search's student against baselines of its size (test set)")
+    for column in ("", "test accuracy", "vs teacher", "parameters", "MACs / image", "training"):
+        table.add_column(column, justify="left" if not column else "right")
     for name, row in _rows(results):
         if "error" in row:
-            lines.append([name, "failed", row["error"], "", "", ""])
+            table.add_row(name, "failed", row["error"], "", "", "")
             continue
-        drop = 100 * (row["test_accuracy"] - teacher["test_accuracy"])
         seconds = row.get("training_seconds")
-        lines.append(
-            [
-                name,
-                f"{100 * row['test_accuracy']:.2f} %",
-                "" if name == "teacher" else f"{drop:+.2f} pp",
-                f"{row['params']:,}",
-                f"{row['flops']:,}",
-                "" if seconds is None else f"{seconds / 60:.1f} min",
-            ]
+        table.add_row(
+            name,
+            f"{100 * row['test_accuracy']:.2f} %",
+            ""
+            if name == "teacher"
+            else points(100 * (row["test_accuracy"] - teacher["test_accuracy"])),
+            f"{row['params']:,}",
+            f"{row['flops']:,}",
+            "" if seconds is None else f"{seconds / 60:.1f} min",
         )
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out)
-    table = Table(title="the search's student against baselines of its size (test set)")
-    for column in header:
-        table.add_column(column, justify="left" if not column else "right")
-    for cells in lines:
-        table.add_row(*cells)
     return table

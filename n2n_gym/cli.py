@@ -15,8 +15,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
-__all__ = ["OneLineParser", "cores", "fail", "finish_with_progress", "set_threads"]
+__all__ = [
+    "OneLineParser",
+    "cores",
+    "fail",
+    "finish_with_progress",
+    "markdown",
+    "set_threads",
+    "show_table",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -24,6 +33,33 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def markdown(table: Table) -> str:
+    """A rich table as a Markdown table (its title as a heading line), every column kept."""
+
+    def text(value: Any) -> str:
+        plain = getattr(value, "plain", value)
+        return " ".join(str(plain).split()).replace("|", "\\|")
+
+    headers = [text(column.header) for column in table.columns]
+    cells = [list(column.cells) for column in table.columns]
+    rows = [[text(column[i]) for column in cells] for i in range(table.row_count)]
+    lines = [f"**{text(table.title)}**", ""] if table.title else []
+    lines += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if table.caption:
+        lines += ["", text(table.caption)]
+    return "\n".join(lines)
+
+
+def show_table(console: Console, table: Table) -> None:
+    """Print ``table`` as drawn by rich on a terminal wide enough for it, else as Markdown, so
+    that piped output, files and narrow terminals keep every column and cell whole."""
+    if console.is_terminal and console.measure(table).maximum <= console.width:
+        console.print(table)
+    else:
+        console.print(markdown(table), markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, status: int = 2) -> int:
@@ -66,5 +102,5 @@ def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path
             bar.set_postfix(val=f"{entry['val_accuracy']:.4f}", loss=f"{entry['loss']:.4g}")
 
         report, path = finish_run(run_dir, on_epoch=on_epoch, **kwargs)
-    console.print(report_table(report, path))
+    show_table(console, report_table(report, path))
     return path

@@ -402,6 +402,13 @@ def finish_run(
     return report, path
 
 
+def points(delta: float) -> str:
+    """An accuracy difference in percentage points as people read it: ``−0.41 points``."""
+    if round(delta, 2) == 0:
+        return "0.00 points"
+    return f"{'+' if delta > 0 else '−'}{abs(delta):.2f} points"
+
+
 def report_table(report: StudentReport, path: Path | None = None) -> Table:
     """The report as a table for the terminal (``path``: where the student was saved)."""
     table = Table(title=f"teacher vs finished student ({report.test_images:,} test images)")
@@ -418,7 +425,10 @@ def report_table(report: StudentReport, path: Path | None = None) -> Table:
         f"{report.teacher_latency_ms:.2f} ms",
         f"{report.latency_ms:.2f} ms",
     )
-    caption = f"accuracy drop {report.accuracy_drop_pp:+.2f} pp"
+    caption = (
+        f"test accuracy {points(-report.accuracy_drop_pp)} against the teacher, "
+        f"{report.compression:.1f}x fewer parameters"
+    )
     if path is not None:
         caption += f"; saved to {path} (n2n_gym.students.load_student)"
     exports = report.extra.get("exports", {})

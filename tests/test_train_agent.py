@@ -231,3 +231,21 @@ def test_a_search_warns_when_other_searches_share_the_cores(tmp_path, capsys):
         fake.unlink(missing_ok=True)
     printed = " ".join(capsys.readouterr().out.split())
     assert "other search(es) run on this machine" in printed and "--threads" in printed
+
+
+def test_piped_output_keeps_every_column_and_the_config_names_its_folder(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "train_agent.py"
+    out = tmp_path / "run"
+    argv = ["--algo", "random", "--budget", "3", "--out", str(out), "--env-kwargs", PROXY]
+    result = subprocess.run(
+        [sys.executable, str(script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "30"},
+    )
+    assert result.returncode == 0, result.stderr
+    # a narrow, piped terminal gets a Markdown table: header and cells whole, nothing cut to "…"
+    assert "|  | teacher | best student |" in result.stdout and "…" not in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["out"] == str(out)
