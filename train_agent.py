@@ -58,6 +58,7 @@ from n2n_gym.cli import (
     OneLineParser,
     cores,
     fail,
+    field_docs,
     finish_with_progress,
     set_threads,
     show_table,
@@ -82,8 +83,7 @@ STAGES = ("removal", "shrink", "final")
 @dataclass
 class Args:
     algo: str = "reinforce"
-    """search algorithm: reinforce, ppo, a2c, recurrent_ppo, maskable_ppo, dqn, random, evolution
-    or tpe"""
+    """search algorithm: reinforce, an SB3 agent, random, evolution, tpe or tpe-hyperband"""
     env: str = "N2NRemoval-v2"
     """registered environment id"""
     budget: int = 100
@@ -131,73 +131,125 @@ class Args:
     """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
 
 
-def parse_args(argv: list[str] | None = None) -> Args:
+EXAMPLES = """examples:
+  python train_agent.py --algo reinforce                       # the paper's search, default teacher
+  python train_agent.py --pipeline --out runs/mnist-10x \\
+      --shrink-kwargs '{"constraints": {"max_params": 12000}, "fidelity": {"lr": 0.002}}'
+  python train_agent.py --algo evolution --env N2NJoint-Tab-v0 --budget 300   # on a table
+  python train_agent.py --algo reinforce --workers 2           # 2 evaluation processes
+  python train_agent.py --algo tpe --env-kwargs '{"halving": {"eta": 3}}'      # successive halving
+  python train_agent.py --out runs/a --resume                  # continue a stopped run
+"""
+
+
+def build_parser() -> OneLineParser:
+    """The command line: every flag with its help and default, in groups, examples below."""
     parser = OneLineParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n")[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Args()
-    parser.add_argument("--algo", choices=ALGOS, default=defaults.algo)
-    parser.add_argument("--env", default=defaults.env)
-    parser.add_argument("--budget", type=int, default=defaults.budget)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--n-envs", type=int, default=defaults.n_envs)
-    parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--backend", choices=("pool", "threads"), default=defaults.backend)
-    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
-    parser.add_argument("--ray-data", choices=("object_store", "paths"), default=defaults.ray_data)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument(
-        "--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments"
+    docs = field_docs(Args)
+
+    def add(group, flag: str, **kwargs: Any) -> None:
+        name = flag[2:].replace("-", "_")
+        name = {"final_kwargs": "final"}.get(name, name)
+        text = kwargs.pop("help", None) or docs.get(name, "")
+        value = kwargs.get("default")
+        if value not in (None, "") and "default" not in text and kwargs.get("action") is None:
+            text += f" (default: {value})"
+        group.add_argument(flag, help=text, **kwargs)
+
+    task = parser.add_argument_group(
+        "task: what is compressed, on which data, how rewards are measured"
     )
-    parser.add_argument(
+    add(task, "--env", default=defaults.env)
+    add(
+        task,
+        "--env-kwargs",
+        default="{}",
+        help="JSON object of gymnasium.make arguments (teacher, "
+        "teacher_arch, dataset, data_dir, fidelity, constraints, halving, ...), e.g. "
+        '\'{"teacher": "my_net.pt", "teacher_arch": "resnet18"}\'',
+    )
+    add(task, "--device", default=defaults.device)
+    search = parser.add_argument_group("search")
+    add(search, "--algo", choices=ALGOS, default=defaults.algo, help="search algorithm")
+    add(search, "--budget", type=int, default=defaults.budget)
+    add(search, "--seed", type=int, default=defaults.seed)
+    add(
+        search,
         "--hyperparams",
         default="{}",
-        help="JSON object of the algorithm's hyperparameters over agents/hyperparams.yml, e.g. "
-        "'{\"population_size\": 50}'",
+        help="JSON object of the algorithm's "
+        "hyperparameters over agents/hyperparams.yml, e.g. '{\"population_size\": 50}'",
     )
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument(
+    add(
+        search,
+        "--controller",
+        default=None,
+        help=f"reinforce's controller: "
+        f"{', '.join(CONTROLLER_KINDS)} (default: bidirectional for removal, autoregressive "
+        "otherwise)",
+    )
+    add(
+        search,
         "--init-policy",
         default=None,
-        help="start from a trained agent: a run directory, an agent .zip, or a shipped one ("
+        help="start from a trained agent: a run "
+        "directory, an agent .zip, or a shipped one ("
         + ", ".join(f"pretrained:{name}" for name in PRETRAINED)
         + ")",
     )
-    parser.add_argument(
-        "--controller",
-        default=None,
-        help=f"reinforce's controller: {', '.join(CONTROLLER_KINDS)} (default: bidirectional "
-        "for removal, autoregressive otherwise)",
-    )
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument(
-        "--start-from",
-        default=None,
-        help="shrink stage: a stage-1 run directory (or student JSON) to start from",
-    )
-    parser.add_argument(
-        "--stages",
-        default=None,
-        help=f"run several stages into --out, comma-separated from {','.join(STAGES)}",
-    )
-    parser.add_argument(
-        "--shrink-kwargs",
-        default="{}",
-        help="shrink stage: JSON of gymnasium.make arguments over --env-kwargs, e.g. "
-        '\'{"constraints": {"max_params": 12000}}\'',
-    )
-    parser.add_argument(
-        "--final-kwargs",
-        default="{}",
-        help="final stage: JSON of DistillConfig fields, e.g. '{\"epochs\": 5}'",
-    )
-    parser.add_argument(
+    scale = parser.add_argument_group("scale-out")
+    add(scale, "--n-envs", type=int, default=defaults.n_envs)
+    add(scale, "--workers", type=int, default=defaults.workers)
+    add(scale, "--backend", choices=("pool", "threads"), default=defaults.backend)
+    add(scale, "--ray-address", default=os.environ.get("RAY_ADDRESS") or None)
+    add(scale, "--ray-data", choices=("object_store", "paths"), default=defaults.ray_data)
+    add(scale, "--threads", type=int, default=None)
+    pipeline = parser.add_argument_group("pipeline: removal, then shrinking, then final training")
+    add(
+        pipeline,
         "--pipeline",
         action="store_true",
         help="the whole pipeline: --stages removal,shrink,final",
     )
+    add(
+        pipeline,
+        "--stages",
+        default=None,
+        help=f"run several stages into --out, comma-separated from {','.join(STAGES)}",
+    )
+    add(
+        pipeline,
+        "--start-from",
+        default=None,
+        help="shrink stage: a stage-1 run directory (or student JSON) to start from",
+    )
+    add(
+        pipeline,
+        "--shrink-kwargs",
+        default="{}",
+        help="shrink stage: JSON of gymnasium.make "
+        'arguments over --env-kwargs, e.g. \'{"constraints": {"max_params": 12000}}\'',
+    )
+    add(
+        pipeline,
+        "--final-kwargs",
+        default="{}",
+        help="final stage: JSON of DistillConfig fields, e.g. '{\"epochs\": 5}'",
+    )
+    output = parser.add_argument_group("output")
+    add(output, "--out", default=None)
+    add(output, "--resume", action="store_true")
+    add(output, "--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = build_parser()
     ns = parser.parse_args(argv)
     stages = _parse_stages(parser, ns.stages, ns.pipeline)
     for stage in set(stages) - {"final"}:

@@ -249,3 +249,14 @@ def test_piped_output_keeps_every_column_and_the_config_names_its_folder(tmp_pat
     assert "|  | teacher | best student |" in result.stdout and "…" not in result.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["out"] == str(out)
+
+
+def test_every_flag_has_help_in_a_group_and_the_help_shows_examples():
+    parser = train_agent.build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 20
+    for action in flags:
+        assert action.help and len(action.help) > 10, action.option_strings
+    titles = [group.title for group in parser._action_groups]
+    assert {"search", "scale-out", "output"} <= set(titles)
+    assert "examples:" in parser.format_help()
