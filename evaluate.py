@@ -147,8 +147,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench.add_argument(
         "--workers", type=int, default=2, help="runs at a time, one core each (default: 2)"
     )
-    bench.add_argument("--env-kwargs", default="{}", help="JSON object of gymnasium.make arguments")
-    parser.add_argument("--out", type=Path, default=None, help="where outputs go")
+    bench.add_argument(
+        "--env-kwargs",
+        default="{}",
+        help="JSON object of gymnasium.make arguments for every run, e.g. "
+        '\'{"halving": {"eta": 3}}\' (default: {})',
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where outputs go (default: the run directory; runs/comparison; runs/benchmark-<env>)",
+    )
     parser.add_argument(
         "--student",
         choices=("best", "policy"),
@@ -156,15 +166,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="best: the best student the search evaluated; policy: the trained agent's greedy one",
     )
     final = FINAL_TRAINING
-    parser.add_argument("--epochs", type=int, default=final.epochs)
-    parser.add_argument("--lr", type=float, default=final.lr)
-    parser.add_argument("--batch-size", type=int, default=final.batch_size)
-    parser.add_argument("--hard-label-weight", type=float, default=final.hard_label_weight)
-    parser.add_argument(
+    training = parser.add_argument_group("final training of the finished student")
+    training.add_argument(
+        "--epochs",
+        type=int,
+        default=final.epochs,
+        help=f"passes over the training images (default: {final.epochs})",
+    )
+    training.add_argument(
+        "--lr", type=float, default=final.lr, help=f"Adam learning rate (default: {final.lr})"
+    )
+    training.add_argument(
+        "--batch-size",
+        type=int,
+        default=final.batch_size,
+        help=f"images per optimiser step (default: {final.batch_size})",
+    )
+    training.add_argument(
+        "--hard-label-weight",
+        type=float,
+        default=final.hard_label_weight,
+        help="weight of the cross-entropy with the true labels added to the distillation loss "
+        f"(default: {final.hard_label_weight})",
+    )
+    training.add_argument(
         "--transfer-size", type=int, default=None, help="training images (default: all)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--latency-batch", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        default=64,
+        help="batch size of the CPU latency measurement in the report (default: 64)",
+    )
     parser.add_argument(
         "--budget",
         type=int,
