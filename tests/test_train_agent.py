@@ -259,4 +259,4 @@ def test_every_flag_has_help_in_a_group_and_the_help_shows_examples():
         assert action.help and len(action.help) > 10, action.option_strings
     titles = [group.title for group in parser._action_groups]
     assert {"search", "scale-out", "output"} <= set(titles)
-    assert "examples:" in parser.format_help()
+    assert "examples" in parser.format_help()

@@ -1,0 +1,60 @@
+"""The ``n2n-gym`` console command, run as a user runs it: a subprocess of the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMAND = shutil.which("n2n-gym", path=str(Path(sys.executable).parent))
+PROXY = json.dumps({"evaluator": "proxy"})
+
+
+def n2n_gym(*argv: str, columns: int = 40) -> subprocess.CompletedProcess:
+    assert COMMAND, "n2n-gym is not installed in this environment: pip install -e ."
+    return subprocess.run(
+        [COMMAND, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": str(columns)},
+    )
+
+
+def test_the_command_lists_its_jobs_and_refuses_unknown_ones_in_one_line():
+    listed = n2n_gym("--help")
+    assert listed.returncode == 0
+    for name in ("train", "evaluate", "benchmark", "tabulate", "teachers"):
+        assert f"  {name} " in listed.stdout
+    assert n2n_gym().returncode == 2
+    wrong = n2n_gym("trian")
+    assert wrong.returncode == 2 and "did you mean train?" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "benchmark", "tabulate", "teachers"])
+def test_every_job_has_help(name):
+    shown = n2n_gym(name, "--help", columns=100)
+    assert shown.returncode == 0, shown.stderr
+    assert "usage:" in shown.stdout
+
+
+def test_a_tiny_search_then_a_comparison_piped_keeps_every_column(tmp_path):
+    run = tmp_path / "run"
+    searched = n2n_gym(
+        "train", "--algo", "random", "--budget", "3", "--out", str(run), "--env-kwargs", PROXY
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert (run / "summary.json").exists() and "|  | teacher | best student |" in searched.stdout
+    bad = n2n_gym("train", "--budget", "0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "n2n-gym train: error:" in bad.stderr
+    compared = n2n_gym("evaluate", "--compare", str(run), "--out", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr
+    header = next(line for line in compared.stdout.splitlines() if line.startswith("| algo"))
+    assert "…" not in compared.stdout and header.count("|") >= 5
+    assert (tmp_path / "cmp" / "comparison.json").exists()
