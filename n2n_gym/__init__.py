@@ -16,6 +16,14 @@ from gymnasium.envs.registration import register
 
 __version__ = "0.1.0"
 
+
+def compress(*args, **kwargs):
+    """Compress a trained model in one call: see :func:`n2n_gym.pipeline.compress`."""
+    from n2n_gym.pipeline import compress as run
+
+    return run(*args, **kwargs)
+
+
 _REMOVAL = "n2n_gym.envs.removal:LayerRemovalEnv"
 _SHRINK = "n2n_gym.envs.shrink:LayerShrinkEnv"
 

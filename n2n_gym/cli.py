@@ -24,6 +24,7 @@ __all__ = [
     "field_docs",
     "finish_with_progress",
     "markdown",
+    "progress",
     "set_threads",
     "show_table",
 ]
@@ -86,6 +87,55 @@ def show_table(console: Console, table: Table) -> None:
         console.print(markdown(table), markup=False, highlight=False, soft_wrap=True)
 
 
+class _LogLines:
+    """tqdm's ``update`` / ``set_postfix`` / ``close`` as a line on stderr every ``every`` seconds
+    (and at the end): progress that a log file or a pipe keeps readable."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int, every: float) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.total, self.desc, self.unit, self.n = total, desc, unit, initial
+        self._start = self._last = self._clock()
+        self._first, self._every, self._postfix = initial, every, ""
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        if self._clock() - self._last >= self._every:
+            self._line()
+
+    def set_postfix(self, **values: Any) -> None:
+        self._postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def close(self) -> None:
+        self._line()
+
+    def _line(self) -> None:
+        self._last = now = self._clock()
+        elapsed = now - self._start
+        done = self.n - self._first
+        eta = elapsed / done * (self.total - self.n) if done and self.total else None
+        text = f"{self.desc}: {self.n}/{self.total} {self.unit}s, {elapsed:.0f} s"
+        text += f", about {eta:.0f} s left" if eta is not None else ""
+        text += f" ({self._postfix})" if self._postfix else ""
+        print(text, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _LogLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def progress(total: int, desc: str, unit: str, initial: int = 0, every: float = 30.0) -> Any:
+    """A progress bar on a terminal; elsewhere (a pipe, a log file) a line every ``every`` s."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit)
+    return _LogLines(total, desc, unit, initial, every)
+
+
 def fail(message: str, status: int = 2) -> int:
     """Print ``error: message`` as one unbroken line on stderr; returns the exit status."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
@@ -109,8 +159,6 @@ def set_threads(threads: int) -> None:
 
 def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
     """:func:`~n2n_gym.finalize.finish_run` with a progress bar over epochs; prints the report."""
-    from tqdm import tqdm
-
     from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
     from n2n_gym.runs import read_best_student, read_run_task
 
@@ -119,7 +167,7 @@ def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path
     if kwargs.get("student") is None:
         read_best_student(run_dir)
     epochs = kwargs.get("config", FINAL_TRAINING).epochs
-    with tqdm(total=epochs, desc="final training", unit="epoch") as bar:
+    with progress(epochs, "final training", "epoch") as bar:
 
         def on_epoch(entry: dict[str, float]) -> None:
             bar.update(1)

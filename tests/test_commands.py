@@ -51,6 +51,9 @@ def test_a_tiny_search_then_a_comparison_piped_keeps_every_column(tmp_path):
     )
     assert searched.returncode == 0, searched.stderr
     assert (run / "summary.json").exists() and "|  | teacher | best student |" in searched.stdout
+    # no terminal: progress as plain lines, no carriage-return bar
+    assert "random on N2NRemoval-v2: 3/3 students" in searched.stderr
+    assert "\r" not in searched.stderr
     bad = n2n_gym("train", "--budget", "0", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "n2n-gym train: error:" in bad.stderr
     compared = n2n_gym("evaluate", "--compare", str(run), "--out", str(tmp_path / "cmp"))

@@ -260,3 +260,62 @@ def test_every_flag_has_help_in_a_group_and_the_help_shows_examples():
     titles = [group.title for group in parser._action_groups]
     assert {"search", "scale-out", "output"} <= set(titles)
     assert "examples" in parser.format_help()
+
+
+def test_task_flags_become_the_environments_arguments():
+    args = train_agent.parse_args(
+        [
+            "--teacher",
+            "default",
+            "--dataset",
+            "mnist",
+            "--max-params",
+            "5000",
+            "--reward-lr",
+            "0.01",
+            "--env-kwargs",
+            PROXY,
+        ]
+    )
+    assert args.env_kwargs == {
+        "evaluator": "proxy",
+        "teacher": "default",
+        "dataset": "mnist",
+        "fidelity": {"lr": 0.01},
+        "constraints": {"max_params": 5000},
+    }
+    preset = train_agent.parse_args(["--fidelity", "medium", "--env-kwargs", PROXY])
+    assert preset.env_kwargs["fidelity"] == "medium"
+
+
+def test_compress_is_the_walkthroughs_shrink_stage_limit():
+    args = train_agent.parse_args(["--pipeline", "--compress", "10x", "--env-kwargs", PROXY])
+    teacher_params = 120_762  # the bundled teacher
+    assert args.shrink_kwargs == {
+        "constraints": {"max_params": teacher_params // 10},
+        "fidelity": {"lr": 0.002},
+    }
+    assert "constraints" not in args.env_kwargs  # removal stays free
+    mine = train_agent.parse_args(
+        ["--pipeline", "--compress", "20", "--reward-lr", "0.004", "--env-kwargs", PROXY]
+    )
+    assert mine.shrink_kwargs == {"constraints": {"max_params": teacher_params // 20}}
+    assert mine.env_kwargs["fidelity"] == {"lr": 0.004}  # the user's reward lr, both stages
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--teacher", "default", "--env-kwargs", '{"teacher": "default"}'], "both set teacher"),
+        (["--compress", "10x"], "add --pipeline"),
+        (["--pipeline", "--compress", "1"], "a factor above 1"),
+        (["--pipeline", "--compress", "10x", "--max-params", "9000"], "both limit parameters"),
+        (["--fidelity", "slow"], "invalid choice"),
+    ],
+)
+def test_bad_task_flags_fail_in_one_line_before_any_folder(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        train_agent.parse_args([*argv, "--out", str(out)])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()

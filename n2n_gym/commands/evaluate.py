@@ -69,7 +69,14 @@ from n2n_gym.baselines import (
     run_baselines,
 )
 from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
-from n2n_gym.cli import OneLineParser, fail, finish_with_progress, markdown, show_table
+from n2n_gym.cli import (
+    OneLineParser,
+    fail,
+    finish_with_progress,
+    markdown,
+    progress,
+    show_table,
+)
 from n2n_gym.commands import train as train_agent
 from n2n_gym.commands.train import run_logged
 from n2n_gym.compare import compare_runs, comparison_table, load_runs
@@ -283,11 +290,10 @@ def finish(args: argparse.Namespace, console: Console) -> int:
 
 def baselines(args: argparse.Namespace, console: Console) -> int:
     """Train each baseline with the finished student's settings, then print the comparison."""
-    from tqdm import tqdm
 
     source = read_baseline_source(args.runs[0])  # refuses a wrong folder before any work
     total = source.config.epochs * len(args.only)
-    with tqdm(total=total, desc="baselines", unit="epoch") as bar:
+    with progress(total, "baselines", "epoch") as bar:
 
         def on_epoch(name: str, entry: dict[str, float]) -> None:
             bar.update(1)

@@ -60,9 +60,11 @@ from n2n_gym.cli import (
     fail,
     field_docs,
     finish_with_progress,
+    progress,
     set_threads,
     show_table,
 )
+from n2n_gym.distill import FIDELITY_PRESETS
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
 from n2n_gym.finalize import FINAL_TRAINING
@@ -174,6 +176,71 @@ def build_parser() -> OneLineParser:
         '\'{"teacher": "my_net.pt", "teacher_arch": "resnet18"}\'',
     )
     add(task, "--device", default=defaults.device)
+    add(
+        task,
+        "--teacher",
+        default=None,
+        help="the teacher: default (the data set's bundled "
+        "one), bundled:NAME, or a checkpoint / state dict file (gymnasium.make's teacher=)",
+    )
+    add(
+        task,
+        "--teacher-arch",
+        default=None,
+        help="the architecture of a state dict: a "
+        "torchvision or zoo name (resnet18, vgg11, small_vgg ...) or 'package.module:function'",
+    )
+    add(
+        task,
+        "--dataset",
+        default=None,
+        help="mnist (bundled), fashion_mnist, cifar10, "
+        "cifar100, svhn or imagefolder (default: the environment's, mnist)",
+    )
+    add(task, "--data-dir", default=None, help="the data set's folder (an image folder's root)")
+    add(
+        task,
+        "--fidelity",
+        choices=tuple(FIDELITY_PRESETS),
+        default=None,
+        help="how much distillation one reward gets: a preset (default: the environment's)",
+    )
+    add(
+        task,
+        "--reward-lr",
+        type=float,
+        default=None,
+        help="the reward distillation's Adam learning rate (fidelity lr)",
+    )
+    add(
+        task,
+        "--max-params",
+        type=int,
+        default=None,
+        help="constraint: students with more parameters get reward -1",
+    )
+    add(
+        task,
+        "--max-flops",
+        type=int,
+        default=None,
+        help="constraint: students with more multiply-adds per image get reward -1",
+    )
+    add(
+        task,
+        "--min-accuracy",
+        type=float,
+        default=None,
+        help="constraint: students below this validation accuracy (a fraction) get reward -1",
+    )
+    add(
+        task,
+        "--compress",
+        default=None,
+        help="a target compression such as 10x: with "
+        "--pipeline (or a shrink search) a parameter limit of teacher parameters / N on the "
+        f"shrink stage, at the reward learning rate {COMPRESS_REWARD_LR} the walkthrough found",
+    )
     search = parser.add_argument_group("search")
     add(search, "--algo", choices=ALGOS, default=defaults.algo, help="search algorithm")
     add(search, "--budget", type=int, default=defaults.budget)
@@ -257,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
             stage_env(ns.env, stage)
         except ValueError as error:
             parser.error(f"{error}; a pipeline starts from N2NRemoval-v2 or a paper removal id")
-    env_kwargs = _json_object(parser, "--env-kwargs", ns.env_kwargs)
+    env_kwargs = _task_flags(parser, ns, _json_object(parser, "--env-kwargs", ns.env_kwargs))
     agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
     _check_hyperparams(parser, ns.algo, agent_settings)
     if ns.init_policy is not None:
@@ -299,6 +366,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
     except (TypeError, ValueError) as error:
         parser.error(f"--final-kwargs: {error}")
     shrink_kwargs = _json_object(parser, "--shrink-kwargs", ns.shrink_kwargs)
+    if ns.compress is not None:
+        target = _compress_constraint(parser, ns, env_kwargs, stages)
+        if stages:
+            shrink_kwargs = _merge_stage(parser, shrink_kwargs, target, env_kwargs)
+        else:
+            env_kwargs = _merge_stage(parser, env_kwargs, target, {})
     if shrink_kwargs and "shrink" not in stages:
         parser.error(
             "--shrink-kwargs applies to a pipeline's shrink stage: add --pipeline (or --stages "
@@ -323,6 +396,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
                 'e.g. \'{"halving": {"eta": 3, "rungs": [0.25, 0.5]}}\''
             )
     skip = (
+        *TASK_FLAGS,
         "env_kwargs",
         "start_from",
         "stages",
@@ -340,6 +414,104 @@ def parse_args(argv: list[str] | None = None) -> Args:
         shrink_kwargs=shrink_kwargs,
         final=final,
     )
+
+
+# Flags that set the task; they become --env-kwargs entries (recorded in config.json there).
+TASK_FLAGS = (
+    "teacher",
+    "teacher_arch",
+    "dataset",
+    "data_dir",
+    "fidelity",
+    "reward_lr",
+    "max_params",
+    "max_flops",
+    "min_accuracy",
+    "compress",
+)
+# --compress: the walkthrough's finding (README): a shrink stage limited to teacher / N
+# parameters, rewarded at this distillation learning rate, which ranks small students better.
+COMPRESS_REWARD_LR = 2e-3
+
+
+def _task_flags(
+    parser: argparse.ArgumentParser, ns: argparse.Namespace, env_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """--env-kwargs with the task flags folded in; a setting given both ways is refused."""
+    kwargs = dict(env_kwargs)
+
+    def put(key: str, value: Any, flag: str) -> None:
+        if key in kwargs:
+            parser.error(f"{flag} and --env-kwargs both set {key}: give it once")
+        kwargs[key] = value
+
+    for name in ("teacher", "teacher_arch", "dataset", "data_dir"):
+        if getattr(ns, name) is not None:
+            put(name, getattr(ns, name), f"--{name.replace('_', '-')}")
+    if ns.fidelity is not None or ns.reward_lr is not None:
+        fidelity = FIDELITY_PRESETS[ns.fidelity].to_dict() if ns.fidelity else {}
+        if ns.reward_lr is not None:
+            fidelity["lr"] = ns.reward_lr
+        put("fidelity", ns.fidelity if ns.reward_lr is None else fidelity, "--fidelity/--reward-lr")
+    constraints = {
+        name: getattr(ns, name)
+        for name in ("max_params", "max_flops", "min_accuracy")
+        if getattr(ns, name) is not None
+    }
+    if constraints:
+        put("constraints", constraints, "--max-params/--max-flops/--min-accuracy")
+    return kwargs
+
+
+def _compress_constraint(
+    parser: argparse.ArgumentParser,
+    ns: argparse.Namespace,
+    env_kwargs: dict[str, Any],
+    stages: tuple[str, ...],
+) -> dict[str, Any]:
+    """The shrink stage's settings --compress N stands for: a parameter limit and its fidelity."""
+    text = str(ns.compress).strip().lower().removesuffix("x")
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = 0.0
+    if not factor > 1:
+        parser.error(f"--compress {ns.compress!r}: give a factor above 1, e.g. --compress 10x")
+    if not stages and not ns.env.startswith(("N2NShrink", "N2NJoint")):
+        parser.error(
+            "--compress limits the shrink stage (a limit on removal alone forces a poor start): "
+            "add --pipeline, or search a shrink or joint environment"
+        )
+    try:
+        task, _ = task_for(ns.env, env_kwargs)
+    except EnvConfigError as error:
+        parser.error(f"--compress: {error}")
+    return {
+        "constraints": {"max_params": int(task.teacher_spec.params / factor)},
+        "fidelity": {"lr": COMPRESS_REWARD_LR},
+    }
+
+
+def _merge_stage(
+    parser: argparse.ArgumentParser,
+    kwargs: dict[str, Any],
+    target: dict[str, Any],
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    """A stage's kwargs with --compress's settings over ``base`` (the pipeline's --env-kwargs,
+    which the stage's own kwargs override): a second parameter limit is refused, a fidelity the
+    user chose is kept."""
+    merged = dict(kwargs)
+    constraints = {**(base.get("constraints") or {}), **(merged.get("constraints") or {})}
+    if "max_params" in constraints:
+        parser.error(
+            "--compress and another parameter limit (--max-params, --env-kwargs or "
+            "--shrink-kwargs) both limit parameters: give one"
+        )
+    merged["constraints"] = {**constraints, **target["constraints"]}
+    if merged.get("fidelity") is None and base.get("fidelity") is None:
+        merged["fidelity"] = target["fidelity"]
+    return merged
 
 
 def _check_hyperparams(parser: argparse.ArgumentParser, algo: str, settings: dict) -> None:
@@ -680,11 +852,8 @@ def run_search(args: Args, console: Console) -> int:
     write_json_atomic(run_dir / CONFIG_FILE, config)
     _warn_shared_cores(console, run_dir, threads)
     venv.seed(args.seed + recorder.evaluations)
-    bar = tqdm(
-        total=args.budget,
-        initial=recorder.distinct_students,
-        desc=f"{args.algo} on {args.env}",
-        unit="student",
+    bar = progress(
+        args.budget, f"{args.algo} on {args.env}", "student", initial=recorder.distinct_students
     )
     venv = RecordEvaluations(venv, recorder, bar, run_dir / "tb")
     agent = make_agent(args, venv, run_dir, episode_length, recorder.evaluations)

@@ -1,0 +1,36 @@
+"""``n2n_gym.compress``: a user's model object in, the finished student and its report out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import n2n_gym
+from n2n_gym.teachers import load_teacher
+
+
+@pytest.mark.expensive
+def test_compress_a_model_object_in_one_call(tmp_path):
+    teacher = load_teacher("default")  # a trained network, as a user's model object
+    student, report = n2n_gym.compress(
+        teacher.module,
+        "mnist",
+        compress=10,
+        out=tmp_path / "run",
+        budget=4,
+        algo="random",
+        evaluator="proxy",  # the cheap evaluator for the searches; the final training is real
+        final={"epochs": 2, "transfer_size": 4096, "lr": 0.01},
+    )
+    # the shrink stage's limit: at most a tenth of the teacher's parameters
+    assert student.params <= teacher.spec.params // 10
+    assert report["params"] == student.params and 0.1 < report["test_accuracy"] <= 1
+    x = torch.zeros(2, *teacher.spec.input_shape)
+    assert student.module(x).shape == (2, teacher.spec.num_classes)
+    assert (tmp_path / "run" / "1-removal" / "config.json").exists()
+
+
+def test_compress_refuses_a_bad_factor_before_any_search(tmp_path):
+    with pytest.raises(ValueError, match="settings refused"):
+        n2n_gym.compress("default", "mnist", compress=1, out=tmp_path / "run")
+    assert not (tmp_path / "run" / "1-removal").exists()
