@@ -319,3 +319,27 @@ def test_bad_task_flags_fail_in_one_line_before_any_folder(argv, message, tmp_pa
         train_agent.parse_args([*argv, "--out", str(out)])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rerun_replays_the_recorded_command_exactly(tmp_path):
+    first = tmp_path / "first"
+    argv = [
+        "--algo",
+        "random",
+        "--budget",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        str(first),
+        "--env-kwargs",
+        PROXY,
+    ]
+    assert train_agent.main(argv) == 0
+    assert json.loads((first / "config.json").read_text())["argv"] == argv
+    assert train_agent.main(["--rerun", str(first)]) == 0
+    again = Path(f"{first}-rerun")
+    key = lambda out: [(r["student_key"], r["reward"]) for r in read_evaluations(out)]  # noqa: E731
+    assert key(again) == key(first)
+    with pytest.raises(SystemExit):
+        train_agent.parse_args(["--rerun", str(first), "--budget", "9"])

@@ -113,7 +113,10 @@ BENCHMARK_ALGOS = (*ALGOS, *VARIANTS)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n")[0],
+        # The module doc's examples (python evaluate.py ... is n2n-gym evaluate ...).
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="*", type=Path, help="run directories")
     parser.add_argument(

@@ -80,6 +80,8 @@ from n2n_gym.runs import (
 from n2n_gym.task import Task, TaskError
 
 STAGES = ("removal", "shrink", "final")
+# A pipeline's own record at the top of its folder (each stage has its config.json).
+PIPELINE_FILE = "pipeline.json"
 
 
 @dataclass
@@ -131,6 +133,8 @@ class Args:
     """pipeline's shrink stage: gymnasium.make arguments that override --env-kwargs there"""
     final: dict[str, Any] = field(default_factory=dict)
     """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
+    argv: list[str] = field(default_factory=list)
+    """the command line that made the run (config.json keeps it; --rerun replays it)"""
 
 
 EXAMPLES = """examples (python train_agent.py takes the same flags):
@@ -312,12 +316,22 @@ def build_parser() -> OneLineParser:
     add(output, "--out", default=None)
     add(output, "--resume", action="store_true")
     add(output, "--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    add(
+        output,
+        "--rerun",
+        default=None,
+        help="run the command that made RUN_DIR again, exactly "
+        "(its config.json), into --out (default: RUN_DIR-rerun)",
+    )
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
+    if ns.rerun is not None:
+        return parse_args(_rerun_argv(parser, ns, argv))
     stages = _parse_stages(parser, ns.stages, ns.pipeline)
     for stage in set(stages) - {"final"}:
         try:
@@ -397,6 +411,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
             )
     skip = (
         *TASK_FLAGS,
+        "rerun",
         "env_kwargs",
         "start_from",
         "stages",
@@ -413,7 +428,45 @@ def parse_args(argv: list[str] | None = None) -> Args:
         stages=stages,
         shrink_kwargs=shrink_kwargs,
         final=final,
+        argv=argv,
     )
+
+
+def _rerun_argv(
+    parser: argparse.ArgumentParser, ns: argparse.Namespace, argv: list[str]
+) -> list[str]:
+    """The recorded command line of ``--rerun RUN_DIR``, writing into ``--out``."""
+    extra = [a for a in argv if a.startswith("--") and a.split("=")[0] not in ("--rerun", "--out")]
+    if extra:
+        parser.error(f"--rerun replays a recorded command; it takes only --out, not {extra[0]}")
+    run_dir = Path(ns.rerun)
+    config = next(
+        (run_dir / name for name in (CONFIG_FILE, PIPELINE_FILE) if (run_dir / name).exists()), None
+    )
+    if config is None:
+        parser.error(
+            f"--rerun {run_dir}: no {CONFIG_FILE} or {PIPELINE_FILE} there; pass a "
+            "run directory written by n2n-gym train"
+        )
+    recorded = json.loads(config.read_text()).get("argv")
+    if not isinstance(recorded, list):
+        parser.error(
+            f"--rerun {run_dir}: {config.name} records no command line (written by an "
+            "older version); rerun it by hand"
+        )
+    replay, skip = [], False
+    for token in recorded:
+        if skip:
+            skip = False
+            continue
+        if token in ("--out", "--rerun"):
+            skip = True
+            continue
+        if token == "--resume" or token.startswith(("--out=", "--rerun=")):
+            continue
+        replay.append(token)
+    out = ns.out or f"{str(run_dir).rstrip('/')}-rerun"
+    return [*replay, "--out", out]
 
 
 # Flags that set the task; they become --env-kwargs entries (recorded in config.json there).
@@ -942,6 +995,8 @@ def run_pipeline(args: Args, console: Console) -> int:
         status = run_search(stage_args, console)
         if status != 0:
             return status
+        # Written once a stage has run (a start that fails leaves no folder): --rerun reads it.
+        write_json_atomic(out / PIPELINE_FILE, {**asdict(args), "out": str(out)})
         previous = Path(stage_args.out)
     return 0
 
