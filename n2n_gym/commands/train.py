@@ -218,6 +218,20 @@ def build_parser() -> OneLineParser:
     )
     add(
         task,
+        "--reward-images",
+        type=int,
+        default=None,
+        help="training images one reward distils on (fidelity transfer_size)",
+    )
+    add(
+        task,
+        "--reward-epochs",
+        type=int,
+        default=None,
+        help="passes over them (fidelity epochs)",
+    )
+    add(
+        task,
         "--max-params",
         type=int,
         default=None,
@@ -477,11 +491,15 @@ TASK_FLAGS = (
     "data_dir",
     "fidelity",
     "reward_lr",
+    "reward_images",
+    "reward_epochs",
     "max_params",
     "max_flops",
     "min_accuracy",
     "compress",
 )
+# --reward-* flags -> the fidelity (DistillConfig) fields they set.
+REWARD_FLAGS = {"reward_lr": "lr", "reward_images": "transfer_size", "reward_epochs": "epochs"}
 # --compress: the walkthrough's finding (README): a shrink stage limited to teacher / N
 # parameters, rewarded at this distillation learning rate, which ranks small students better.
 COMPRESS_REWARD_LR = 2e-3
@@ -501,11 +519,14 @@ def _task_flags(
     for name in ("teacher", "teacher_arch", "dataset", "data_dir"):
         if getattr(ns, name) is not None:
             put(name, getattr(ns, name), f"--{name.replace('_', '-')}")
-    if ns.fidelity is not None or ns.reward_lr is not None:
-        fidelity = FIDELITY_PRESETS[ns.fidelity].to_dict() if ns.fidelity else {}
-        if ns.reward_lr is not None:
-            fidelity["lr"] = ns.reward_lr
-        put("fidelity", ns.fidelity if ns.reward_lr is None else fidelity, "--fidelity/--reward-lr")
+    fields = {
+        key: getattr(ns, name)
+        for name, key in REWARD_FLAGS.items()
+        if getattr(ns, name) is not None
+    }
+    if ns.fidelity is not None or fields:
+        preset = FIDELITY_PRESETS[ns.fidelity].to_dict() if ns.fidelity else {}
+        put("fidelity", {**preset, **fields} if fields else ns.fidelity, "--fidelity/--reward-*")
     constraints = {
         name: getattr(ns, name)
         for name in ("max_params", "max_flops", "min_accuracy")
