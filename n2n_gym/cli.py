@@ -24,6 +24,7 @@ __all__ = [
     "field_docs",
     "finish_with_progress",
     "markdown",
+    "program",
     "progress",
     "set_threads",
     "show_table",
@@ -134,6 +135,12 @@ def progress(total: int, desc: str, unit: str, initial: int = 0, every: float = 
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit)
     return _LogLines(total, desc, unit, initial, every)
+
+
+def program(module_form: str) -> str:
+    """The name a command's usage and errors show: ``n2n-gym JOB`` when run that way, else the
+    ``python -m ...`` form it was started with."""
+    return sys.argv[0] if sys.argv and sys.argv[0].startswith("n2n-gym ") else module_form
 
 
 def fail(message: str, status: int = 2) -> int:

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from n2n_gym.cli import OneLineParser, fail
+from n2n_gym.cli import OneLineParser, fail, program
 from n2n_gym.grid import Grid, joint_grid
 from n2n_gym.table import (
     Table,
@@ -413,7 +413,7 @@ def _latency_ms(module: Any, x: Any) -> float:
 
 def parse_args(argv: list[str] | None = None):
     parser = OneLineParser(
-        prog="python -m n2n_gym.tabulate",
+        prog=program("python -m n2n_gym.tabulate"),
         description="Build a measured table of a grid of students, or report on one.",
         epilog="examples: python -m n2n_gym.tabulate --workers 2 | python -m n2n_gym.tabulate --stats",
     )

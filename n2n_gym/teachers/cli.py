@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from n2n_gym.arch import InvalidArchitecture
-from n2n_gym.cli import OneLineParser
+from n2n_gym.cli import OneLineParser, program
 from n2n_gym.data import IMAGE_FOLDER, DataError
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.loading import _expected_io
@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="python -m n2n_gym.teachers",
+        prog=program("python -m n2n_gym.teachers"),
         description="Train zoo teachers and list the zoo.",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
