@@ -28,7 +28,7 @@ from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, S
 from n2n_gym.cache import MeasurementCache, json_digest, measurement_key, student_identity
 from n2n_gym.halving import Halving, HalvingConfig
 from n2n_gym.measure import Measurement, Measurer, error_measurement
-from n2n_gym.reward import RewardConfig, compute_reward
+from n2n_gym.reward import RewardConfig, RewardParts, compute_reward
 
 __all__ = ["EvalResult", "Evaluator", "RewardGate"]
 
@@ -121,8 +121,9 @@ class Evaluator:
     ) -> None:
         if halving is not None and not measurer.supports_halving:
             raise ValueError(
-                f"halving: {type(measurer).__name__} cannot stop a measurement part-way; halving "
-                "runs in the search's own process (no --workers, or --backend threads) or on a table"
+                f"halving: {type(measurer).__name__} measures whole students (it cannot stop a "
+                "measurement part-way); halving runs in the search's own process (no --workers, "
+                "or --backend threads) or on a table"
             )
         self.measurer = measurer
         self.reward_config = reward_config or RewardConfig()
@@ -272,15 +273,20 @@ class Evaluator:
                 entry.measurement = measurement
             future.set_result(measurement)
 
-    def _partial_reward(self, partial: Measurement) -> float:
+    def _reward_parts(self, measurement: Measurement, progress: int | None = None) -> RewardParts:
+        """The reward of a successful measurement (full or partial), with its parts."""
         return compute_reward(
-            partial.accuracy,
+            measurement.accuracy,
             self.teacher_accuracy,
-            partial.params,
+            measurement.params,
             self.teacher_params,
-            partial.flops,
+            measurement.flops,
             self.reward_config,
-        ).reward
+            progress,
+        )
+
+    def _partial_reward(self, partial: Measurement) -> float:
+        return self._reward_parts(partial).reward
 
     def _gate(self, rung: int, partial: Measurement) -> bool:
         """Successive halving's decision at a rung, on the reward of the partial measurement."""
@@ -294,15 +300,7 @@ class Evaluator:
         measurement = item.measurement
         assert measurement is not None
         if measurement.ok:
-            parts = compute_reward(
-                measurement.accuracy,
-                self.teacher_accuracy,
-                measurement.params,
-                self.teacher_params,
-                measurement.flops,
-                self.reward_config,
-                progress,
-            )
+            parts = self._reward_parts(measurement, progress)
             reward, reward_parts = parts.reward, parts.as_dict()
         else:
             reward, reward_parts = self.reward_config.reward_on_error, {}

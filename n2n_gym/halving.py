@@ -78,18 +78,19 @@ class Halving:
     def keep(self, rung: int, reward: float) -> bool:
         """Record ``reward`` at ``rung`` (an index of ``config.rungs``); whether to continue."""
         with self._lock:
-            field = self._rewards[rung]
-            field.append(reward)
-            better = sum(other > reward for other in field)
-            return better < math.ceil(len(field) / self.config.eta)
+            self._rewards[rung].append(reward)
+            return self._in_top(rung, reward)
 
     def still_out(self, rung: int, reward: float) -> bool:
         """Whether a student stopped at ``rung`` with ``reward`` would still be stopped, against
         the field as it is now (ASHA promotes a stopped one once enough others rank below it)."""
         with self._lock:
-            field = self._rewards[rung]
-            better = sum(other > reward for other in field)
-            return better >= math.ceil(len(field) / self.config.eta)
+            return not self._in_top(rung, reward)
+
+    def _in_top(self, rung: int, reward: float) -> bool:
+        field = self._rewards[rung]
+        better = sum(other > reward for other in field)
+        return better < math.ceil(len(field) / self.config.eta)
 
     def measured(self, rung: int) -> int:
         """Rewards recorded at ``rung`` so far."""

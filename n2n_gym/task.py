@@ -668,13 +668,13 @@ class Task:
                 measurer.check_rungs(self.halving.rungs)
             except ValueError as error:
                 raise TaskError(str(error)) from None
-        if self.halving is not None and not measurer.supports_halving:
-            # Refused before the cache file exists: a failed start leaves nothing behind.
-            raise TaskError(
-                f"halving: {type(measurer).__name__} measures whole students; halving runs in "
-                "the search's own process (no --workers, or --backend threads) or on a table"
-            )
-        return Evaluator(measurer, self.constraints, self.open_cache(), self.halving)
+        try:
+            evaluator = Evaluator(measurer, self.constraints, halving=self.halving)
+        except ValueError as error:
+            raise TaskError(str(error)) from None
+        # Opened once the evaluator is accepted: a refused start leaves no cache file behind.
+        evaluator.cache = self.open_cache()
+        return evaluator
 
 
 def _absolute(path: str) -> str:
