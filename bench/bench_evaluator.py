@@ -52,6 +52,7 @@ from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import DistillConfig, transfer_indices
 from n2n_gym.evaluation import Evaluator
 from n2n_gym.measure import DistillationMeasurer
+from n2n_gym.surgery import build_student
 from n2n_gym.task import Task
 from n2n_gym.teachers import Teacher, load_teacher
 
@@ -234,11 +235,11 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 8) -> flo
 
 
 def student_flops(
-    measurer: DistillationMeasurer, student: StudentDescription, config: DistillConfig
+    teacher: Teacher, data: DatasetSplits, student: StudentDescription, config: DistillConfig
 ) -> float:
     """FLOPs of one measurement: every training step's forward and backward, then scoring."""
-    module = measurer.build(student)[1].train()
-    x = measurer.targets.inputs[: config.batch_size].cpu()
+    module = build_student(teacher.module, student)[1].train()
+    x = data.train_x[: config.batch_size].contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter:
         output = module(x)
         torch.nn.functional.mse_loss(output, torch.zeros_like(output)).backward()
@@ -246,8 +247,8 @@ def student_flops(
     module.eval()
     with FlopCounterMode(display=False) as forward, torch.inference_mode():
         module(x)
-    images = config.epochs * len(measurer.targets.inputs)
-    scored = len(measurer.eval_set[1])
+    images = config.epochs * len(transfer_indices(len(data.train_y), config.transfer_size, 0))
+    scored = config.eval_size or len(data.val_y)
     return step * images + forward.get_total_flops() / len(x) * scored
 
 
@@ -323,8 +324,7 @@ def main() -> None:
         if device.type == "cuda":
             console.print(f"CUDA device: {torch.cuda.get_device_name(device)}")
         peaks = [matmul_peak(device)]
-        counter = DistillationMeasurer(teacher, data, config, device="cpu")
-        flops = sum(student_flops(counter, student, config) for student in students)
+        flops = sum(student_flops(teacher, data, student, config) for student in students)
         rows = benchmark(device, teacher, data, config, students, variants, console)
         task = Task(teacher=args.teacher, teacher_arch=args.arch, fidelity=config, device=name)
         batched: list[tuple[str, WorkerBackend]] = []
