@@ -32,9 +32,13 @@ InputShape = tuple[int, int, int]
 BUNDLED_TEACHERS: dict[str, str] = {
     "small_vgg_mnist": "mnist",
     "narrow_resnet_mnist": "mnist",
+    "small_vgg_fashion-mnist": "fashion-mnist",
 }
 # Data set -> the bundled teacher teacher="default" means.
-BUNDLED_DEFAULTS: dict[str, str] = {"mnist": "small_vgg_mnist"}
+BUNDLED_DEFAULTS: dict[str, str] = {
+    "mnist": "small_vgg_mnist",
+    "fashion-mnist": "small_vgg_fashion-mnist",
+}
 BUNDLED_PREFIX = "bundled:"
 
 
