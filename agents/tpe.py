@@ -47,6 +47,7 @@ class TPESearch(PlannedSearch):
         pruner: Any = None,
     ) -> None:
         super().__init__(env, seed, tensorboard_log)
+        self.n_startup_trials = n_startup_trials
         optuna = _optuna()
         self._distributions = {
             f"step{step}": optuna.distributions.CategoricalDistribution([int(a) for a in choices])

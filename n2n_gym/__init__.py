@@ -6,6 +6,9 @@ Importing the package registers the environments (and nothing else, so it stays 
   fidelity, offline (earlier versions: earlier default fidelities, kept for reproduction).
 - ``N2NRemoval-Tab-v0`` / ``N2NShrink-Tab-v0`` / ``N2NJoint-Tab-v0``: the same answered from the
   shipped table of measurements, for benchmarking search algorithms.
+- ``N2NRemoval-FashionMNIST-Tab-v0`` / ``N2NShrink-...`` / ``N2NJoint-...``: the bundled
+  Fashion-MNIST teacher's table, and ``N2NRemoval-FashionMNIST-v0`` / ... its live twin (the
+  images from ``data_dir``).
 - ``N2NRemoval-NarrowResNet-MNIST-v0`` / ``N2NShrink-...`` / ``N2NJoint-...``: the larger bundled
   MNIST teacher (a 14-block ResNet, 16 decision units), the harder live task.
 - ``N2NRemoval-<Teacher>-<DATA>-v0`` / ``N2NShrink-<Teacher>-<DATA>-v0``: the paper's settings
@@ -48,6 +51,20 @@ _TABLE = {"evaluator": "table"}
 register(id="N2NRemoval-Tab-v0", entry_point=_REMOVAL, kwargs=_TABLE)
 register(id="N2NShrink-Tab-v0", entry_point=_SHRINK, kwargs={**_TABLE, "ratios": (0.5, 1.0)})
 register(id="N2NJoint-Tab-v0", entry_point=_JOINT, kwargs=_TABLE)
+
+# Fashion-MNIST with its bundled small VGG: the table (no images needed) and its live twin, which
+# reads the images from data_dir (torchvision's layout; download=True fetches them).
+_FASHION = {"dataset": "fashion-mnist"}
+register(id="N2NRemoval-FashionMNIST-Tab-v0", entry_point=_REMOVAL, kwargs={**_FASHION, **_TABLE})
+register(
+    id="N2NShrink-FashionMNIST-Tab-v0",
+    entry_point=_SHRINK,
+    kwargs={**_FASHION, **_TABLE, "ratios": (0.5, 1.0)},
+)
+register(id="N2NJoint-FashionMNIST-Tab-v0", entry_point=_JOINT, kwargs={**_FASHION, **_TABLE})
+register(id="N2NRemoval-FashionMNIST-v0", entry_point=_REMOVAL, kwargs=_FASHION)
+register(id="N2NShrink-FashionMNIST-v0", entry_point=_SHRINK, kwargs=_FASHION)
+register(id="N2NJoint-FashionMNIST-v0", entry_point=_JOINT, kwargs=_FASHION)
 
 # The larger bundled teacher: 16 decision units (2^14 removal students), still cheap on a CPU.
 _NARROW = {"teacher": "bundled:narrow_resnet_mnist"}

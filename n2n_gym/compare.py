@@ -105,6 +105,8 @@ class Run:
         seed: seed of the run.
         evaluations: the records of ``evaluations.jsonl``, in order (at least one).
         report: the contents of ``report.json`` (the finished student on the test set), if any.
+        summary: the contents of ``summary.json``, if any.
+        budget: the distinct students the run was given, if its config says.
     """
 
     path: Path
@@ -114,6 +116,7 @@ class Run:
     evaluations: list[dict[str, Any]]
     report: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
+    budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def _read_run(path: Path) -> Run:
         evaluations,
         report,
         summary or None,
+        int(meta["budget"]) if meta.get("budget") is not None else None,
     )
 
 

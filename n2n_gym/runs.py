@@ -260,6 +260,9 @@ class RunRecorder:
             "student",
             "eval_seconds",
             "table_optimum",
+            "table_target",
+            "table_band",
+            "student_mean_reward",
             "student_key",
             "halted_at",
         )

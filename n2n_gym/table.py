@@ -3,13 +3,23 @@
 A table file holds, for each student of a :class:`~n2n_gym.grid.Grid`, what the live
 :class:`~n2n_gym.measure.DistillationMeasurer` measured — accuracy, parameters, FLOPs, the
 wall-clock seconds it cost, a learning curve, or the error it failed with — plus its CPU latency
-and, for a sample, the accuracy a second seed gave. The file is gzipped JSON (data, never
-unpickled), carries the fingerprint of the teacher, data split and fidelity it was measured
-with, and a checksum of its rows.
+and, for some students, the accuracy further seeds gave (a random 10 % for the noise, and every
+student near the top with at least three seeds, so that the target of a benchmark is a seed mean,
+not one lucky seed). The file is gzipped JSON (data, never unpickled), carries the fingerprint of
+the teacher, data split and fidelity it was measured with, and a checksum of its rows.
 
 :class:`TableMeasurer` answers from a table behind the same :class:`~n2n_gym.measure.Measurer`
 interface as live distillation, so the evaluator computes rewards from stored measurements with
-the same reward code, and constraints and reward settings still apply.
+the same reward code, and constraints and reward settings still apply. Per query it returns one
+seed's measurement (``query="seed"``, the default: what a live search with a fixed evaluation seed
+sees, noise included) or the mean over the row's seeds (``query="mean"``, charged the cost of all
+of them).
+
+The **target** of a search is the best *seed-mean* reward of the table (:meth:`Table.target`);
+a student counts as optimal when its seed mean lies within the **noise band** of it: the 95 %
+half-width of the difference of two means of ``n`` seeds each, ``1.96 · σ · √(2 / n)``, with ``σ``
+the pooled standard deviation of one seed's reward among the table's top students that have
+several seeds, and ``n`` the target student's seed count.
 """
 
 from __future__ import annotations
@@ -43,16 +53,27 @@ __all__ = [
     "TableError",
     "TableMeasurer",
     "TableRow",
+    "TableTarget",
     "load_table",
     "shipped_table",
     "world_fingerprint",
 ]
 
 TABLE_FORMAT = "n2n-gym-table"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
+# Version 1 held at most one extra seed per row (column "repeat"); it still loads.
+READABLE_VERSIONS = (1, 2)
+TABLE_QUERIES = ("seed", "mean")
+# The students near the top get extra seeds: the share of the grid and the seeds they reach.
+TOP_FRACTION = 0.05
+TOP_SEEDS = 3
+BAND_Z = 1.96  # two-sided 95 %
 TABLES_DIR = Path(__file__).parent / "tables"
 # (teacher, dataset) -> the table shipped for it.
-SHIPPED_TABLES = {("default", "mnist"): "small_vgg-mnist-joint.json.gz"}
+SHIPPED_TABLES = {
+    ("default", "mnist"): "small_vgg-mnist-joint.json.gz",
+    ("default", "fashion-mnist"): "small_vgg-fashion-mnist-joint.json.gz",
+}
 # What a task must agree on with a table for the table to stand for its live measurements.
 WORLD_FIELDS = ("dataset", "val_size", "split_seed", "fidelity", "inherit_weights", "eval_seed")
 
@@ -91,14 +112,35 @@ class TableRow:
         measurement: what the live evaluator measured (with seconds and learning curve).
         latency_ms: CPU latency of one image, milliseconds (one thread, measured alone);
             ``None`` for an invalid student.
-        repeat: the accuracy a second seed gave (``{"seed": s, "accuracy": a}``), for a sample.
+        repeats: what further seeds measured (``{"seed": s, "accuracy": a, "seconds": t}`` each,
+            seed order; ``"sample": True`` on the random noise sample's second seed), for the
+            noise sample and the students near the top.
     """
 
     key: str
     ratios: tuple[float, ...]
     measurement: Measurement
     latency_ms: float | None = None
-    repeat: dict[str, Any] | None = None
+    repeats: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def seed_accuracies(self) -> list[float]:
+        """Every seed's accuracy, the table's own measurement first (empty for an error)."""
+        if not self.measurement.ok:
+            return []
+        return [self.measurement.accuracy] + [
+            r["accuracy"] for r in self.repeats if r.get("accuracy") is not None
+        ]
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds measured this student."""
+        return len(self.seed_accuracies)
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        values = self.seed_accuracies
+        return statistics.fmean(values) if values else None
 
     def to_list(self) -> list[Any]:
         m = self.measurement
@@ -113,12 +155,14 @@ class TableRow:
             m.error_type,
             m.error,
             self.latency_ms,
-            self.repeat,
+            [dict(r) for r in self.repeats],
         ]
 
     @classmethod
-    def from_list(cls, values: list[Any]) -> TableRow:
-        key, ratios, acc, params, flops, seconds, curve, error_type, error, latency, repeat = values
+    def from_list(cls, values: list[Any], version: int = TABLE_VERSION) -> TableRow:
+        key, ratios, acc, params, flops, seconds, curve, error_type, error, latency, again = values
+        if version == 1:  # one optional repeat
+            again = [again] if again else []
         measurement = Measurement.from_dict(
             {
                 "accuracy": acc,
@@ -130,7 +174,7 @@ class TableRow:
                 "error": error,
             }
         )
-        return cls(key, tuple(ratios), measurement, latency, repeat)
+        return cls(key, tuple(ratios), measurement, latency, tuple(dict(r) for r in again))
 
 
 COLUMNS = (
@@ -144,8 +188,35 @@ COLUMNS = (
     "error_type",
     "error",
     "latency_ms",
-    "repeat",
+    "repeats",
 )
+COLUMNS_V1 = (*COLUMNS[:-1], "repeat")
+
+
+@dataclass(frozen=True)
+class TableTarget:
+    """What a search on a table is scored against (:meth:`Table.target`).
+
+    Attributes:
+        reward: the best seed-mean reward of the table under the reward settings.
+        row: the student that has it.
+        seeds: how many seeds that mean is over.
+        band: the noise band: a student whose seed-mean reward is at least ``reward − band``
+            counts as having reached the optimum.
+        noise_std: ``σ``, the pooled standard deviation of one seed's reward the band is built on.
+        noise_students: how many multi-seed students ``σ`` pools.
+        resolved: whether every student in the top :data:`TOP_FRACTION` under these settings has
+            at least :data:`TOP_SEEDS` seeds (False under reward settings whose top students the
+            build did not measure again: the target may then be one seed's luck).
+    """
+
+    reward: float
+    row: TableRow
+    seeds: int
+    band: float
+    noise_std: float
+    noise_students: int
+    resolved: bool
 
 
 @dataclass(frozen=True)
@@ -221,18 +292,20 @@ class Table:
     def from_dict(cls, data: Mapping[str, Any], where: str = "table") -> Table:
         if data.get("format") != TABLE_FORMAT:
             raise TableError(f"{where} is not an n2n-gym table (format {data.get('format')!r})")
-        if data.get("version") != TABLE_VERSION:
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
             raise TableError(
-                f"{where} has table version {data.get('version')!r}; this n2n-gym reads version "
-                f"{TABLE_VERSION}: rebuild it with `python -m n2n_gym.tabulate`"
+                f"{where} has table version {version!r}; this n2n-gym reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: rebuild it with `python -m n2n_gym.tabulate`"
             )
         try:
-            if list(data["columns"]) != list(COLUMNS):
-                raise TableError(f"{where} has columns {data['columns']}, expected {list(COLUMNS)}")
+            columns = COLUMNS if version == TABLE_VERSION else COLUMNS_V1
+            if list(data["columns"]) != list(columns):
+                raise TableError(f"{where} has columns {data['columns']}, expected {list(columns)}")
             if json_digest(data["rows"]) != data["sha256"]:
                 raise TableError(f"{where} is corrupt (its rows do not match their checksum)")
             teacher = NetworkSpec.from_dict(data["teacher"]["spec"])
-            rows = [TableRow.from_list(values) for values in data["rows"]]
+            rows = [TableRow.from_list(values, version) for values in data["rows"]]
             return cls(
                 name=data["name"],
                 teacher=teacher,
@@ -265,48 +338,105 @@ class Table:
             )
         return row
 
-    def rewards(
-        self, reward_config: RewardConfig | None = None, progress: int | None = None
-    ) -> dict[str, float]:
-        """Every row's reward under ``reward_config`` (errors get ``reward_on_error``)."""
+    def reward(
+        self,
+        row: TableRow,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+        accuracy: float | None = None,
+    ) -> float:
+        """A row's reward under ``reward_config``: of its own measurement, or of ``accuracy``
+        (another seed's, or the seed mean); an error gets ``reward_on_error``."""
         config = reward_config or RewardConfig()
-        rewards = {}
-        for key, row in self.rows.items():
-            m = row.measurement
-            if m.ok:
-                rewards[key] = compute_reward(
-                    m.accuracy,
-                    self.teacher_accuracy,
-                    m.params,
-                    self.teacher.params,
-                    m.flops,
-                    config,
-                    progress,
-                ).reward
-            else:
-                rewards[key] = config.reward_on_error
-        return rewards
+        m = row.measurement
+        if not m.ok:
+            return config.reward_on_error
+        return compute_reward(
+            m.accuracy if accuracy is None else accuracy,
+            self.teacher_accuracy,
+            m.params,
+            self.teacher.params,
+            m.flops,
+            config,
+            progress,
+        ).reward
+
+    def mean_reward(
+        self, row: TableRow, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> float:
+        """A row's reward at its seed-mean accuracy (its best estimate of the student's worth)."""
+        return self.reward(row, reward_config, progress, row.mean_accuracy)
+
+    def rewards(
+        self,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+        statistic: str = "seed",
+    ) -> dict[str, float]:
+        """Every row's reward under ``reward_config`` (errors get ``reward_on_error``), of the
+        table's own seed (``statistic="seed"``) or of the seed mean (``"mean"``)."""
+        score = self.mean_reward if statistic == "mean" else self.reward
+        return {key: score(row, reward_config, progress) for key, row in self.rows.items()}
+
+    def target(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> TableTarget:
+        """The best seed-mean reward and the noise band around it (see the module doc)."""
+        means = self.rewards(reward_config, progress, statistic="mean")
+        key = max(means, key=lambda k: (means[k], k))
+        ranked = sorted(means, key=lambda k: means[k], reverse=True)
+        top = ranked[: max(1, round(TOP_FRACTION * len(ranked)))]
+        # Noise where it matters: the top students' seeds (the whole table's if too few there).
+        pool = [k for k in top if self.rows[k].seeds >= 2]
+        if len(pool) < 10:
+            pool = [k for k in ranked if self.rows[k].seeds >= 2]
+        squares, dof = 0.0, 0
+        for k in pool:
+            row = self.rows[k]
+            values = [
+                self.reward(row, reward_config, progress, accuracy)
+                for accuracy in row.seed_accuracies
+            ]
+            mean = statistics.fmean(values)
+            squares += sum((v - mean) ** 2 for v in values)
+            dof += len(values) - 1
+        sigma = math.sqrt(squares / dof) if dof else 0.0
+        seeds = self.rows[key].seeds
+        return TableTarget(
+            reward=means[key],
+            row=self.rows[key],
+            seeds=seeds,
+            band=BAND_Z * sigma * math.sqrt(2 / max(1, seeds)),
+            noise_std=sigma,
+            noise_students=len(pool),
+            resolved=all(self.rows[k].seeds >= TOP_SEEDS for k in top),
+        )
 
     def optimum(
-        self, reward_config: RewardConfig | None = None, progress: int | None = None
+        self,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+        statistic: str = "seed",
     ) -> tuple[float, TableRow]:
-        """The best reward in the table under these reward settings, and its row."""
-        rewards = self.rewards(reward_config, progress)
+        """The best reward in the table under these reward settings (of one seed, or of the seed
+        means), and its row."""
+        rewards = self.rewards(reward_config, progress, statistic)
         key = max(rewards, key=lambda k: (rewards[k], k))
         return rewards[key], self.rows[key]
 
     def difficulty(
         self, reward_config: RewardConfig | None = None, budget: int = 500
     ) -> dict[str, Any]:
-        """How hard the table is for a search: the optimum, near-optimal counts, random search.
+        """How hard the table is for a search: the target, near-optimal counts, random search.
 
+        Near-optimal counts and random search use seed-mean rewards against :meth:`target`.
         Random search is taken to draw distinct students uniformly: with ``k`` of ``n`` students
         at or above a threshold, it needs ``(n + 1) / (k + 1)`` evaluations on average to reach
         it, and reaches it within ``budget`` with probability ``1 − C(n−k, b) / C(n, b)``.
         """
-        rewards = self.rewards(reward_config)
-        values = sorted(rewards.values(), reverse=True)
+        values = sorted(self.rewards(reward_config, statistic="mean").values(), reverse=True)
         best, best_row = self.optimum(reward_config)
+        target = self.target(reward_config)
         n = len(values)
 
         def reach(threshold: float) -> dict[str, float]:
@@ -329,6 +459,7 @@ class Table:
             }
 
         ok = [row for row in self.rows.values() if row.measurement.ok]
+        seeds = [row.seeds for row in ok]
         return {
             "students": n,
             "errors": n - len(ok),
@@ -336,24 +467,39 @@ class Table:
             "optimum_student": list(best_row.ratios),
             "optimum_accuracy": best_row.measurement.accuracy,
             "optimum_params": best_row.measurement.params,
+            "target": target.reward,
+            "target_student": list(target.row.ratios),
+            "target_accuracy": target.row.mean_accuracy,
+            "target_params": target.row.measurement.params,
+            "target_seeds": target.seeds,
+            "band": target.band,
+            "noise_std": target.noise_std,
+            "resolved": target.resolved,
+            "students_by_seeds": {str(k): seeds.count(k) for k in sorted(set(seeds))},
             "within": {
-                f"{pct}%": sum(v >= best * (1 - pct / 100) for v in values) for pct in (0.5, 1, 2)
+                f"{pct}%": sum(v >= _fraction_of(target.reward, 1 - pct / 100) for v in values)
+                for pct in (0.5, 1, 2)
             },
             "reward_quantiles": {
                 q: values[min(n - 1, round((1 - q) * (n - 1)))] for q in (0.0, 0.25, 0.5, 0.75, 1.0)
             },
-            "reach_optimum": reach(best),
-            "reach_99": reach(0.99 * best),
+            "reach_optimum": reach(target.reward - target.band),
+            "reach_99": reach(_fraction_of(target.reward, 0.99)),
             "budget": budget,
         }
 
-    def noise(self) -> dict[str, Any]:
-        """Agreement of the rows measured with a second seed: accuracy differences."""
-        pairs = [
-            (row.measurement.accuracy, row.repeat["accuracy"])
+    def noise_sample(self) -> list[TableRow]:
+        """The random sample of students measured with a second seed (not the top students,
+        whose extra seeds would bias a noise estimate)."""
+        return [
+            row
             for row in self.rows.values()
-            if row.repeat and row.measurement.ok and row.repeat.get("accuracy") is not None
+            if row.seeds >= 2 and row.repeats[0].get("sample", True)
         ]
+
+    def noise(self) -> dict[str, Any]:
+        """Agreement of the table's seed with the next one, over the random noise sample."""
+        pairs = [(row.seed_accuracies[0], row.seed_accuracies[1]) for row in self.noise_sample()]
         if len(pairs) < 2:
             return {"repeated": len(pairs)}
         diffs = [a - b for a, b in pairs]
@@ -363,6 +509,7 @@ class Table:
             # Two independent seeds: the std of one measurement is that of the difference / √2.
             "accuracy_std": statistics.stdev(diffs) / math.sqrt(2),
             "mean_abs_diff": statistics.fmean(abs(d) for d in diffs),
+            "median_abs_diff": statistics.median(abs(d) for d in diffs),
         }
 
     def check_task(self, task: Task, teacher_fingerprint: str) -> None:
@@ -395,6 +542,11 @@ class Table:
                 f"{'; '.join(differ) or 'unknown'}; use the table's settings or build a table "
                 "for yours with `python -m n2n_gym.tabulate`"
             )
+
+
+def _fraction_of(value: float, fraction: float) -> float:
+    """``fraction`` of the way to ``value`` from 0, for a negative value too (below it, then)."""
+    return value - (1.0 - fraction) * abs(value)
 
 
 def shipped_table(teacher: str, dataset: str) -> Path | None:
@@ -450,10 +602,17 @@ class TableMeasurer(Measurer):
 
     Args:
         table: the measured grid.
+        query: ``"seed"`` (default): the table's own measurement, one seed, as a live search with
+            a fixed evaluation seed gets it — the noise an optimiser meets live stays in. ``"mean"``:
+            the accuracy averaged over the row's seeds (one to :data:`TOP_SEEDS`), charged the
+            seconds of all of them; its learning curve is dropped, so it cannot halve.
     """
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, query: str = "seed") -> None:
+        if query not in TABLE_QUERIES:
+            raise TableError(f"table_query={query!r}: use one of {', '.join(TABLE_QUERIES)}")
         self.table = table
+        self.query = query
 
     @property
     def teacher_spec(self) -> NetworkSpec:
@@ -464,12 +623,24 @@ class TableMeasurer(Measurer):
         return self.table.teacher_accuracy
 
     def context(self) -> dict[str, Any]:
-        return {"kind": "table", "table": self.table.name, "world": self.table.world}
+        context = {"kind": "table", "table": self.table.name, "world": self.table.world}
+        return context | ({"query": self.query} if self.query != "seed" else {})
 
     def measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
-        return self.table.row(plan, student).measurement
+        row = self.table.row(plan, student)
+        if self.query == "seed" or not row.measurement.ok:
+            return row.measurement
+        seconds = [row.measurement.seconds, *(r.get("seconds") for r in row.repeats)]
+        return replace(
+            row.measurement,
+            accuracy=row.mean_accuracy,
+            seconds=sum(t for t in seconds if t is not None),
+            curve=(),
+        )
 
-    supports_halving = True
+    @property
+    def supports_halving(self) -> bool:  # type: ignore[override]
+        return self.query == "seed"
 
     def check_rungs(self, rungs: Sequence[float]) -> None:
         """Refuse rungs that are not points of the table's learning curves.

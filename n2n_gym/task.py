@@ -261,6 +261,10 @@ class Task:
         table: the table file of ``measurer="table"``; ``None``: the one shipped for the teacher
             and data set. It must have been measured for this task's teacher weights, data split
             and fidelity.
+        table_query: what a table answers per student: ``"seed"`` (its one measurement, as a live
+            search with a fixed evaluation seed sees it; the default) or ``"mean"`` (the mean over
+            the seeds the table measured it with, charged their summed cost); see
+            :class:`~n2n_gym.table.TableMeasurer`.
         curve_points: a live measurement also records validation accuracy at this many evenly
             spaced points of the transfer budget (a learning curve, as tables store); 1: only
             the final accuracy.
@@ -287,6 +291,7 @@ class Task:
     halving: HalvingConfig | None = None
     measurer: MeasurerName = "distill"
     table: str | None = None
+    table_query: str = "seed"
     curve_points: int = 1
     device: str = "auto"
     cache_path: str | None = None
@@ -424,6 +429,10 @@ class Task:
             raise TaskError(f"curve_points={self.curve_points!r} must be a positive integer")
         if self.table is not None and self.measurer != "table":
             raise TaskError(f"table={self.table!r} needs evaluator='table'")
+        if self.table_query not in ("seed", "mean"):
+            raise TaskError(f"table_query={self.table_query!r}: use 'seed' or 'mean'")
+        if self.table_query != "seed" and self.measurer != "table":
+            raise TaskError(f"table_query={self.table_query!r} needs evaluator='table'")
         if not isinstance(self.device, str):
             raise TaskError(f"device={self.device!r}: pass auto, cpu or cuda[:N]")
         if self.device != "auto":
@@ -625,7 +634,7 @@ class Task:
         from n2n_gym.table import TableMeasurer
 
         if self.measurer == "table":
-            return TableMeasurer(self.load_table())
+            return TableMeasurer(self.load_table(), self.table_query)
         if self.measurer == "proxy":
             info = self.teacher_info
             return ProxyMeasurer(info.spec, teacher_accuracy=info.val_accuracy or 0.99)

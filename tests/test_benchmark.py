@@ -12,10 +12,13 @@ import pytest
 
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.benchmark import (
+    Target,
     benchmark_report,
+    incumbent_worth,
     learning_gain,
     regret_curve,
     seconds_regret_curve,
+    stability,
     students_to_reach,
 )
 from n2n_gym.compare import load_runs
@@ -25,15 +28,33 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = "N2NJoint-Tab-v0"
 
 
-def make_run(root: Path, algo: str, seed: int, rewards: list[float], optimum: float = 1.0):
-    """A table-env run: every reward a new student costing 2 simulated seconds."""
-    run_dir = root / f"{algo}-{seed}"
-    write_json_atomic(run_dir / CONFIG_FILE, {"algo": algo, "env": ENV, "seed": seed})
+def make_run(
+    root: Path,
+    algo: str,
+    seed: int,
+    rewards: list[float],
+    optimum: float = 1.0,
+    worth: list[float] | None = None,
+    band: float = 0.0,
+    budget: int | None = None,
+    name: str | None = None,
+):
+    """A table-env run: every reward a new student costing 2 simulated seconds (with ``worth``:
+    a table with seed means, each student worth that much, within ``band`` of the target)."""
+    run_dir = root / (name or f"{algo}-{seed}")
+    config = {"algo": algo, "env": ENV, "seed": seed} | ({"budget": budget} if budget else {})
+    write_json_atomic(run_dir / CONFIG_FILE, config)
     recorder = RunRecorder(run_dir, algo, seed)
     for index, reward in enumerate(rewards):
         info = {"student_key": f"s{index}", "eval_seconds": 2.0, "table_optimum": optimum}
+        if worth is not None:
+            info |= {
+                "table_target": optimum,
+                "table_band": band,
+                "student_mean_reward": worth[index],
+            }
         recorder.record(reward, info)
-    recorder.write_summary(env=ENV, stop_reason="budget")
+    recorder.write_summary(env=ENV, stop_reason="budget", reward_free_students=2)
     return run_dir
 
 
@@ -112,13 +133,40 @@ def test_a_benchmark_of_several_envs_is_refused(tmp_path):
 
 
 def _benchmark(
-    out: Path, table: Path, algos: str = "random,evolution", seeds: int = 2, budget: int = 30
+    out: Path,
+    table: Path,
+    algos: str = "random,evolution",
+    seeds: int = 2,
+    budget: int = 30,
+    env: str = ENV,
+    budgets: str | None = None,
 ) -> subprocess.CompletedProcess:
     kwargs = json.dumps({"table": str(table)})
-    command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", ENV]
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", env]
     command += ["--env-kwargs", kwargs, "--algos", algos, "--seeds", str(seeds)]
-    command += ["--budget", str(budget), "--workers", "2", "--out", str(out)]
+    command += ["--budgets", budgets] if budgets else ["--budget", str(budget)]
+    command += ["--workers", "2", "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+@pytest.mark.expensive
+def test_two_identical_benchmark_commands_write_identical_reports(proxy_table, tmp_path):
+    """Several envs, several budgets: a report per env, the same bytes from the same command."""
+    envs = [ENV, "N2NRemoval-Tab-v0"]
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out in outs:
+        done = _benchmark(out, proxy_table, env=",".join(envs), budgets="10,20", seeds=4)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for env in envs:
+        first, second = ((out / env / "benchmark.json").read_bytes() for out in outs)
+        assert first == second, env
+        report = json.loads(first)
+        assert report["budgets"] == [10, 20] and report["protocol"] == 2
+        rows = {row["algo"]: row for row in report["rows"]}
+        assert rows["evolution"]["budgets"]["10"]["source"] == "first 10 of 20"
+        assert rows["random"]["reward_free_students"] == "all"
+        assert rows["evolution"]["reward_free_students"] >= 10  # its random population
+        assert report["stability"]["20"]["halves"] == [[0, 1], [2, 3]]
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +249,82 @@ def test_bad_benchmark_input_is_one_line_before_any_folder(tmp_path):
     )
     assert done.returncode == 2 and "--algos: unknown foo" in done.stderr
     assert not out.exists()
+
+
+def test_a_search_is_scored_on_the_seed_mean_of_the_student_it_would_return(tmp_path):
+    """The incumbent is the best reward seen; its worth is its seed mean, and within the noise
+    band of the target counts as the optimum."""
+    recs = records([0.5, 0.97, 0.9])
+    for record, worth in zip(recs, [0.5, 0.93, 0.96], strict=True):
+        record |= {"student_mean_reward": worth, "table_target": 0.96, "table_band": 0.01}
+    # The lucky 0.97 student stays the incumbent though the 0.9 one is worth more.
+    assert incumbent_worth(recs, 3, "student_mean_reward").tolist() == [0.5, 0.93, 0.93]
+    target = Target(0.96, 0.01, "seed-mean", "student_mean_reward")
+    assert regret_curve(recs, 3, target).tolist() == pytest.approx([0.46, 0.03, 0.03])
+    assert students_to_reach(recs, 3, 0.95, "student_mean_reward") is None
+    root = tmp_path / "bench"
+    for seed in range(4):
+        make_run(root, "random", seed, [0.5, 0.97], 0.96, worth=[0.5, 0.93], band=0.01)
+        make_run(root, "good", seed, [0.5, 0.95], 0.96, worth=[0.5, 0.955], band=0.01)
+    report = benchmark_report(load_runs([root]), tmp_path / "out", 2, reps=200)
+    rows = {row["algo"]: row for row in report.rows}
+    assert report.target == Target(0.96, 0.01, "seed-mean", "student_mean_reward")
+    assert rows["good"]["reached_optimum"] == 4 and rows["random"]["reached_optimum"] == 0
+    assert rows["good"]["final_regret_iqm"] == pytest.approx(0.005)
+    assert rows["good"]["p_improvement"] == pytest.approx(1.0)
+    assert rows["good"]["reward_free_students"] == 2
+
+
+def test_budgets_read_off_longer_runs_except_budget_dependent_algorithms(tmp_path):
+    root = tmp_path / "bench"
+    for seed in range(4):
+        make_run(root, "random", seed, [0.5, 0.6, 0.7, 0.8], budget=4)
+        make_run(root, "dqn", seed, [0.5, 0.6, 0.7, 1.0], budget=4)
+        # DQN's own 2-student run explores differently from the first 2 of its 4-student run.
+        make_run(root, "dqn", seed, [0.9, 1.0], budget=2, name=f"dqn-{seed}-b2")
+    report = benchmark_report(load_runs([root]), tmp_path / "out", [2, 4], reps=200)
+    rows = {row["algo"]: row for row in report.rows}
+    assert rows["random"]["budgets"]["2"]["source"] == "first 2 of 4"
+    assert rows["random"]["budgets"]["2"]["regret_iqm"] == pytest.approx(0.4)
+    assert rows["dqn"]["budgets"]["2"]["source"] == "own run"
+    assert rows["dqn"]["budgets"]["2"]["regret_iqm"] == pytest.approx(0.0)
+    assert rows["dqn"]["budgets"]["4"]["regret_iqm"] == pytest.approx(0.0)
+    assert rows["dqn"]["final_regret_iqm"] == pytest.approx(0.0)
+    table = report.files["markdown"].read_text()
+    assert "regret @2" in table and "regret @4" in table and "except for dqn" in table
+    lines = report.files["csv"].read_text().splitlines()
+    assert len(lines) == 1 + 2 * 2  # a line per (algorithm, budget)
+
+
+def test_the_same_runs_give_the_same_report_bit_for_bit(tmp_path):
+    root = tmp_path / "bench"
+    rng = np.random.default_rng(0)
+    for seed in range(6):
+        for algo in ("random", "evolution", "tpe"):
+            make_run(root, algo, seed, list(rng.uniform(0.5, 1.0, size=5)))
+    runs = load_runs([root])
+    first = benchmark_report(runs, tmp_path / "one", [2, 5], reps=300)
+    np.random.seed(123)  # whatever the caller's global generator holds
+    second = benchmark_report(runs, tmp_path / "two", [2, 5], reps=300)
+    for kind in ("json", "csv", "markdown"):
+        assert first.files[kind].read_bytes() == second.files[kind].read_bytes(), kind
+    # Intervals are really bootstrapped (not a degenerate point) and the caller's state is kept.
+    low, high = first.rows[0]["final_regret_ci"]
+    assert low < high
+    assert np.random.get_state()[1][0] == np.random.RandomState(123).get_state()[1][0]
+
+
+def test_stability_compares_the_rankings_of_two_seed_halves():
+    seeds = list(range(8))
+    same = {"a": np.array([0.1] * 8), "b": np.array([0.2] * 8), "c": np.array([0.3] * 8)}
+    assert stability(same, seeds)["tau"] == pytest.approx(1.0)
+    assert stability(same, seeds)["halves"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    flipped = {
+        "a": np.array([0.1] * 4 + [0.3] * 4),
+        "b": np.array([0.2] * 8),
+        "c": np.array([0.3] * 4 + [0.1] * 4),
+    }
+    info = stability(flipped, seeds)
+    assert info["tau"] == pytest.approx(-1.0)
+    assert info["rankings"] == [["a", "b", "c"], ["c", "b", "a"]]
+    assert stability(same, seeds[:3])["tau"] is None  # one seed a half ranks nothing

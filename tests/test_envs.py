@@ -33,6 +33,10 @@ DEFAULT_TEACHER_IDS = (
     "N2NRemoval-NarrowResNet-MNIST-v0",
     "N2NShrink-NarrowResNet-MNIST-v0",
     "N2NJoint-NarrowResNet-MNIST-v0",
+    # the bundled Fashion-MNIST teacher (the proxy needs no images)
+    "N2NRemoval-FashionMNIST-v0",
+    "N2NShrink-FashionMNIST-v0",
+    "N2NJoint-FashionMNIST-v0",
 )
 PAPER_ARCH = {"ResNet18": "resnet18", "ResNet34": "resnet34", "VGG19": "vgg19"}
 DATA_SHAPES = {

@@ -88,7 +88,11 @@ def test_tiny_table_holds_every_grid_student_with_curve_latency_and_repeats(tiny
         assert m.curve[-1][2] == m.accuracy and m.curve[-1][1] == m.seconds > 0
         assert all(a[1] < b[1] for a, b in zip(m.curve, m.curve[1:], strict=False))
         assert row.latency_ms > 0
-    assert sum(row.repeat is not None for row in table.rows.values()) == 3
+    assert len(table.noise_sample()) == 3
+    # The top 5 % (here one student) is measured with three seeds.
+    top = max(table.rows.values(), key=lambda row: table.mean_reward(row))
+    assert top.seeds == 3 and [r["seed"] for r in top.repeats] == [1, 2]
+    assert table.target().seeds == 3 and table.target().resolved
     assert max(row.measurement.accuracy for row in table.rows.values()) > 0.3  # chance is 0.1
     assert table.build["curve_points"] == 4 and table.build["repeat_seed"] == 1
     # The table names the world it was measured in.
@@ -129,7 +133,9 @@ def test_a_rerun_finds_the_table_built_and_a_killed_build_continues(tiny, tmp_pa
     assert sorted(p.name for p in build.glob("*.jsonl")) == [
         "latency.jsonl",
         "repeat-0000.jsonl",
+        "seeds.jsonl",  # the top student's further seeds
         "shard-0000.jsonl",
+        "wall.jsonl",  # each invocation's wall-clock, summed into the table
     ]
     # A build interrupted after its shard files were lost continues from the cache: nothing is
     # measured again, and the assembled table is the same.

@@ -57,7 +57,7 @@ from rich.progress import (
 from sb3_contrib import MaskablePPO
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import ALGOS, PRUNING_SEARCHES, Reinforce, agent_class
+from agents import ALGOS, BUDGET_DEPENDENT, PRUNING_SEARCHES, Reinforce, agent_class
 from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.arch import StudentDescription
 from n2n_gym.baselines import (
@@ -95,8 +95,10 @@ from n2n_gym.runs import (
 from n2n_gym.students import StudentFileError
 from n2n_gym.task import TaskError
 
-BENCHMARK_ENV = "N2NJoint-Tab-v0"
-BENCHMARK_BUDGET = 500
+# The shipped tables; every budget is reported, 20 seeds each (rankings from 5 flip).
+BENCHMARK_ENVS = ("N2NJoint-Tab-v0", "N2NJoint-FashionMNIST-Tab-v0")
+BENCHMARK_BUDGETS = (30, 100, 300)
+BENCHMARK_SEEDS = 20
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
 # about 10x the others': it is reported from a separate run, see the README).
 # tpe-hyperband needs halving in the env kwargs (bench/halving.py runs it).
@@ -139,7 +141,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run and report a benchmark of search algorithms into --out",
     )
     bench.add_argument(
-        "--env", default=BENCHMARK_ENV, help=f"environment (default: {BENCHMARK_ENV})"
+        "--env",
+        default=",".join(BENCHMARK_ENVS),
+        help=f"comma-separated environments, each reported on its own (default: "
+        f"{','.join(BENCHMARK_ENVS)})",
+    )
+    bench.add_argument(
+        "--budgets",
+        default=",".join(map(str, BENCHMARK_BUDGETS)),
+        help="comma-separated budgets in distinct students, each reported (default: "
+        f"{','.join(map(str, BENCHMARK_BUDGETS))}; --budget N: one budget)",
     )
     bench.add_argument(
         "--algos",
@@ -150,7 +161,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reinforce-encoder-decoder, reinforce-actor-critic); reinforce-pretrained starts from "
         "the shipped removal policy",
     )
-    bench.add_argument("--seeds", type=int, default=10, help="seeds per algorithm (default: 10)")
+    bench.add_argument(
+        "--seeds",
+        type=int,
+        default=BENCHMARK_SEEDS,
+        help=f"seeds per algorithm (default: {BENCHMARK_SEEDS})",
+    )
     bench.add_argument(
         "--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed+1, ..."
     )
@@ -213,8 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget",
         type=int,
         default=None,
-        help="distinct students per run: --compare compares at it, --benchmark spends it "
-        f"(default {BENCHMARK_BUDGET})",
+        help="distinct students per run: --compare compares at it; --benchmark spends it "
+        "instead of --budgets",
     )
     args = parser.parse_args(argv)
     if args.benchmark:
@@ -340,28 +356,83 @@ def _check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namesp
                 f"--algos: unknown {', '.join(unknown) or 'empty'}; choose from "
                 f"{', '.join(BENCHMARK_ALGOS)}"
             )
-    args.budget = BENCHMARK_BUDGET if args.budget is None else args.budget
-    for name in ("seeds", "workers", "budget"):
+    args.envs = [e.strip() for e in args.env.split(",") if e.strip()]
+    if not args.envs or len(set(args.envs)) != len(args.envs):
+        parser.error(f"--env {args.env!r}: name each environment once, comma-separated")
+    if args.budget is not None:
+        args.budgets = [args.budget]
+    else:
+        try:
+            args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+        except ValueError:
+            parser.error(
+                f"--budgets {args.budgets!r}: comma-separated whole numbers, e.g. 30,100,300"
+            )
+        if not args.budgets:
+            parser.error("--budgets: give at least one budget, e.g. 30,100,300")
+    for name in ("seeds", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    args.out = args.out or Path(f"runs/benchmark-{args.env}")
-    # The searches check the env and its kwargs exactly as each run will.
-    for algo in args.algos:
-        train_agent.parse_args(_run_argv(args, algo, args.first_seed))
+    if args.budgets[0] < 1:
+        parser.error(f"--budgets: {args.budgets[0]} must be at least 1")
+    if args.out is None:
+        args.out = Path(
+            "runs/benchmark" if len(args.envs) > 1 else f"runs/benchmark-{args.envs[0]}"
+        )
+    # The searches check each env and its kwargs exactly as each run will.
+    for env in args.envs:
+        for algo in args.algos:
+            train_agent.parse_args(_run_argv(args, _job(args, env, algo, args.first_seed)))
 
 
-def _run_dir(args: argparse.Namespace, algo: str, seed: int) -> Path:
-    return args.out / f"{algo}-{seed}"
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One run of a benchmark."""
+
+    env: str
+    algo: str
+    seed: int
+    budget: int
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
 
 
-def _run_argv(args: argparse.Namespace, algo: str, seed: int) -> list[str]:
-    run_dir = _run_dir(args, algo, seed)
-    argv = ["--algo", algo, "--env", args.env, "--seed", str(seed), "--budget", str(args.budget)]
-    if algo in VARIANTS:
+def _env_dir(args: argparse.Namespace, env: str) -> Path:
+    return args.out if len(args.envs) == 1 else args.out / env
+
+
+def _job(
+    args: argparse.Namespace, env: str, algo: str, seed: int, budget: int | None = None
+) -> _Job:
+    """The run of ``algo`` at ``seed``: at the largest budget, or at ``budget`` of its own."""
+    largest = args.budgets[-1]
+    name = f"{algo}-{seed}" if budget in (None, largest) else f"{algo}-{seed}-b{budget}"
+    return _Job(env, algo, seed, budget or largest, _env_dir(args, env) / name)
+
+
+def _jobs(args: argparse.Namespace) -> list[_Job]:
+    """Every run: each (env, algo, seed) at the largest budget, and at each smaller budget for an
+    algorithm whose schedule scales with its budget (the others' smaller budgets are prefixes)."""
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = []
+    for env in args.envs:
+        for algo in args.algos:
+            own = args.budgets if algo in BUDGET_DEPENDENT else args.budgets[-1:]
+            jobs += [_job(args, env, algo, seed, budget) for budget in own for seed in seeds]
+    return jobs
+
+
+def _run_argv(args: argparse.Namespace, job: _Job) -> list[str]:
+    argv = ["--algo", job.algo, "--env", job.env, "--seed", str(job.seed)]
+    argv += ["--budget", str(job.budget)]
+    if job.algo in VARIANTS:
         argv[1] = "reinforce"
-        argv += VARIANTS[algo]
-    argv += ["--out", str(run_dir), "--threads", "1", "--env-kwargs", args.env_kwargs]
-    return argv + (["--resume"] if (run_dir / CONFIG_FILE).exists() else [])
+        argv += VARIANTS[job.algo]
+    argv += ["--out", str(job.run_dir), "--threads", "1", "--env-kwargs", args.env_kwargs]
+    return argv + (["--resume"] if (job.run_dir / CONFIG_FILE).exists() else [])
 
 
 def _finished(run_dir: Path, budget: int) -> bool:
@@ -380,16 +451,15 @@ def _distinct_so_far(run_dir: Path) -> int:
 
 
 def benchmark(args: argparse.Namespace, console: Console) -> int:
-    """Run every unfinished (algorithm, seed) pair, ``--workers`` at a time, then report."""
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
-    pairs = [(algo, seed) for algo in args.algos for seed in seeds]
-    pending = [p for p in pairs if not _finished(_run_dir(args, *p), args.budget)]
+    """Run every unfinished benchmark run, ``--workers`` at a time, then report each env."""
+    jobs = _jobs(args)
+    pending = [job for job in jobs if not _finished(job.run_dir, job.budget)]
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     console.print(
-        f"benchmark of {len(args.algos)} algorithms x {args.seeds} seeds x {args.budget} students "
-        f"on {args.env} into {args.out}: {len(pairs) - len(pending)} runs done, "
-        f"{len(pending)} to go, {args.workers} at a time",
+        f"benchmark of {len(args.algos)} algorithms x {args.seeds} seeds x budgets "
+        f"{'/'.join(map(str, args.budgets))} on {', '.join(args.envs)} into {args.out}: "
+        f"{len(jobs) - len(pending)} runs done, {len(pending)} to go, {args.workers} at a time",
         soft_wrap=True,
     )
     failed: list[str] = []
@@ -405,25 +475,24 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
     pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=context)
     try:
         with Progress(*columns, console=console) as progress:
-            overall = progress.add_task(
-                "runs", total=len(pairs), completed=len(pairs) - len(pending)
-            )
-            running: dict[Future, tuple[str, int]] = {}
-            bars: dict[tuple[str, int], Any] = {}
+            overall = progress.add_task("runs", total=len(jobs), completed=len(jobs) - len(pending))
+            running: dict[Future, _Job] = {}
+            bars: dict[_Job, Any] = {}
             while pending or running:
                 while pending and len(running) < args.workers:
-                    algo, seed = pair = pending.pop(0)
-                    log = logs / f"{algo}-{seed}.log"
-                    future = pool.submit(run_logged, _run_argv(args, algo, seed), str(log))
-                    running[future] = pair
-                    bars[pair] = progress.add_task(f"{algo} seed {seed}", total=args.budget)
+                    job = pending.pop(0)
+                    log = logs / f"{job.env}-{job.name}.log"
+                    running[pool.submit(run_logged, _run_argv(args, job), str(log))] = job
+                    bars[job] = progress.add_task(
+                        f"{job.env} {job.algo} seed {job.seed}", total=job.budget
+                    )
                 finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future, pair in list(running.items()):
-                    progress.update(bars[pair], completed=_distinct_so_far(_run_dir(args, *pair)))
+                for future, job in list(running.items()):
+                    progress.update(bars[job], completed=_distinct_so_far(job.run_dir))
                     if future not in finished:
                         continue
                     del running[future]
-                    progress.remove_task(bars[pair])
+                    progress.remove_task(bars[job])
                     progress.advance(overall)
                     try:
                         status = future.result()
@@ -431,7 +500,7 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
                         status = "worker died"
                     if status != 0:
                         failed.append(
-                            f"{pair[0]} seed {pair[1]} ({logs / f'{pair[0]}-{pair[1]}.log'})"
+                            f"{job.env} {job.name} ({logs / f'{job.env}-{job.name}.log'})"
                         )
     except KeyboardInterrupt:
         pool.shutdown(wait=True, cancel_futures=True)  # each run saves what it measured
@@ -441,15 +510,21 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"{len(failed)} run(s) failed: {'; '.join(failed)}", style="red", soft_wrap=True
         )
-    done = [_run_dir(args, *p) for p in pairs if _finished(_run_dir(args, *p), args.budget)]
-    if not done:
+    reported = 0
+    for env in args.envs:
+        done = [j.run_dir for j in jobs if j.env == env and _finished(j.run_dir, j.budget)]
+        if not done:
+            console.print(f"{env}: no run finished, so there is nothing to report", style="red")
+            continue
+        report = benchmark_report(load_runs(done), _env_dir(args, env), args.budgets)
+        reported += 1
+        if console.is_terminal:
+            console.print(benchmark_table(report))
+        else:  # piped or in a file: Markdown keeps every column
+            print(markdown_table(report) + "\n")
+        console.print(f"wrote {', '.join(str(p) for p in report.files.values())}", soft_wrap=True)
+    if not reported:
         return fail("no run finished, so there is nothing to report")
-    report = benchmark_report(load_runs(done), args.out, args.budget)
-    if console.is_terminal:
-        console.print(benchmark_table(report))
-    else:  # piped or in a file: Markdown keeps every column
-        print(markdown_table(report))
-    console.print(f"wrote {', '.join(str(p) for p in report.files.values())}", soft_wrap=True)
     return 1 if failed else 0
 
 

@@ -49,6 +49,7 @@ from agents import (
     Reinforce,
     agent_class,
     hyperparams,
+    reward_free_students,
 )
 from agents.controllers import CONTROLLER_KINDS, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
@@ -961,6 +962,7 @@ def run_search(args: Args, console: Console) -> int:
         wall_time=time.perf_counter() - start,
         interrupted=interrupted,
         stop_reason="interrupted" if interrupted else recorder.stop_reason(args.budget),
+        reward_free_students=reward_free_students(agent, episode_length),
     )
     _print_summary(console, summary, run_dir)
     _save_best_weights(run_dir, task, console)

@@ -12,7 +12,7 @@ to the expensive distillation.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,9 @@ from gymnasium import spaces
 from n2n_gym.arch import DESCRIPTOR_SIZE, StudentDescription, unit_descriptors
 from n2n_gym.evaluation import EvalResult, Evaluator, RewardGate
 from n2n_gym.task import Task, TaskError
+
+if TYPE_CHECKING:
+    from n2n_gym.table import TableTarget
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._table = self.task.load_table() if self.task.measurer == "table" else None
         if self._table is not None:
             self._allowed &= self._on_grid()
-        self._optimum: dict[Any, float] = {}
+        self._optimum: dict[Any, Any] = {}
         self.observation_space = spaces.Dict(
             {
                 "unit": spaces.Box(0.0, 1.5, (DESCRIPTOR_SIZE,), np.float32),
@@ -193,19 +196,52 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 )
         return allowed
 
-    def table_optimum(self) -> float | None:
-        """The table's best reward under the current reward settings (``None`` off a table)."""
-        if self._table is None:
-            return None
+    def _table_key(self) -> tuple[Any, int | None]:
         config = self.evaluator.reward_config
         progress = self.anneal_progress
-        key = (
-            config,
-            None if config.constraint_mode == "hard" else min(progress, config.anneal_steps),
+        return config, None if config.constraint_mode == "hard" else min(
+            progress, config.anneal_steps
         )
-        if key not in self._optimum:
-            self._optimum[key] = self._table.optimum(config, key[1])[0]
-        return self._optimum[key]
+
+    def table_optimum(self) -> float | None:
+        """The best reward this table env can return under the current reward settings (``None``
+        off a table): of one seed, or of the seed means with ``table_query="mean"``."""
+        if self._table is None:
+            return None
+        key = self._table_key()
+        if ("optimum", key) not in self._optimum:
+            self._optimum["optimum", key] = self._table.optimum(
+                *key, statistic=self.task.table_query
+            )[0]
+        return self._optimum["optimum", key]
+
+    def table_target(self) -> TableTarget | None:
+        """The best seed-mean reward and its noise band (``None`` off a table): what a benchmark
+        scores a search against (see :meth:`n2n_gym.table.Table.target`)."""
+        if self._table is None:
+            return None
+        key = self._table_key()
+        if ("target", key) not in self._optimum:
+            self._optimum["target", key] = self._table.target(*key)
+        return self._optimum["target", key]
+
+    def _table_row(self, student: StudentDescription):
+        row = self._table.by_ratios.get(student.ratios)
+        return row if row is not None else self._table.row(student.plan(), student)
+
+    def _table_info(self, result: EvalResult) -> dict[str, Any]:
+        """The scoring facts of a table env's terminal step."""
+        target = self.table_target()
+        row = None if result.error else self._table_row(self.student())
+        return {
+            "table_optimum": self.table_optimum(),
+            "table_target": target.reward,
+            "table_band": target.band,
+            # The student's worth as the table knows it best: its reward at its seed mean.
+            "student_mean_reward": self._table.mean_reward(row, *self._table_key())
+            if row is not None
+            else self.evaluator.reward_config.reward_on_error,
+        }
 
     # ---- the evaluator and annealing progress -------------------------------------------------
     def set_search_evaluations(self, count: int) -> None:
@@ -357,7 +393,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "wall_time": result.wall_time,
             "eval_seconds": result.seconds,
             "halted_at": result.halted_at,
-        } | ({"table_optimum": self.table_optimum()} if self._table is not None else {})
+        } | (self._table_info(result) if self._table is not None else {})
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
