@@ -73,6 +73,52 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+# Settings a resumed run may change: they decide how long and on what it runs, never what it
+# measures or proposes.
+RESUME_FREE = frozenset(
+    {
+        "budget",
+        "workers",
+        "backend",
+        "ray_address",
+        "ray_data",
+        "threads",
+        "checkpoint_every",
+        "out",
+        "resume",
+        "argv",
+        "rerun",
+        "task",
+        "env_options",
+        "reward_free_students",
+    }
+)
+
+
+def resume_conflict(recorded: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """The first setting a resume would change, as one line (``None``: the same search).
+
+    Args:
+        recorded: the settings the run (or pipeline, or benchmark) recorded when it started.
+        given: the settings of the command that resumes it.
+    """
+    normal = json.loads(json.dumps(given, default=str))
+    for name in sorted(set(recorded) | set(normal)):
+        if name in RESUME_FREE or recorded.get(name) == normal.get(name):
+            continue
+        path, old, new = [name], recorded.get(name), normal.get(name)
+        while isinstance(old, dict) and isinstance(new, dict):  # name the innermost setting
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            path, old, new = [*path, key], old.get(key), new.get(key)
+        setting = "--" + path[0].replace("_", "-") + "".join(f" {k}" for k in path[1:])
+        return (
+            f"{setting} was {old!r} when this run started, {new!r} now: a resumed run must be "
+            "the same search; resume with the recorded setting, or start a new run with another "
+            "--out"
+        )
+    return None
+
+
 def read_run_task(run_dir: str | Path) -> Task:
     """The task a search ran on, rebuilt from its ``config.json`` (the same world)."""
     config = read_run_config(run_dir)

@@ -249,6 +249,19 @@ def test_bad_benchmark_input_is_one_line_before_any_folder(tmp_path):
     )
     assert done.returncode == 2 and "--algos: unknown foo" in done.stderr
     assert not out.exists()
+    # A benchmark folder is continued only with the settings its runs were made with.
+    out.mkdir()
+    write_json_atomic(out / "settings.json", {"env_kwargs": {"table_query": "mean"}})
+    done = subprocess.run(
+        [*command[:-2], "--algos", "random", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--env-kwargs table_query was 'mean' when this run started, None now" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]
 
 
 def test_a_search_is_scored_on_the_seed_mean_of_the_student_it_would_return(tmp_path):

@@ -78,6 +78,34 @@ def test_resume_continues_without_losing_evaluations(tmp_path):
     assert json.loads((out / "summary.json").read_text())["distinct_students"] == 12
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--algo", "evolution"], "--algo was 'random' when this run started, 'evolution' now"),
+        (["--reward-images", "1024"], "--env-kwargs fidelity transfer_size was 2048"),
+        (["--seed", "3"], "--seed was 0"),
+    ],
+)
+def test_a_resume_that_would_change_the_search_is_refused(change, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--algo", "random", "--reward-images", "2048", "--out", str(out)]
+    assert run(tmp_path, *base, "--budget", "3") == 0
+    config = (out / "config.json").read_text()
+    capsys.readouterr()
+    given = dict(zip(base[::2], base[1::2], strict=True)) | dict(
+        zip(change[::2], change[1::2], strict=True)
+    )
+    argv = [token for item in given.items() for token in item]
+    assert run(tmp_path, *argv, "--budget", "5", "--resume") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert (out / "config.json").read_text() == config
+    assert len(read_evaluations(out)) == 3
+    # What cannot change the results may change, and is recorded.
+    assert run(tmp_path, *base, "--budget", "5", "--threads", "1", "--resume") == 0
+    assert json.loads((out / "config.json").read_text())["budget"] == 5
+
+
 def test_a_torn_last_line_from_a_crash_is_skipped_on_resume(tmp_path):
     out = tmp_path / "run"
     assert run(tmp_path, "--algo", "random", "--budget", "3", "--out", str(out)) == 0

@@ -60,6 +60,7 @@ import n2n_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, BUDGET_DEPENDENT, PRUNING_SEARCHES, Reinforce, agent_class
 from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.arch import StudentDescription
+from n2n_gym.atomic import write_json_atomic
 from n2n_gym.baselines import (
     BASELINES,
     BASELINES_FILE,
@@ -91,6 +92,7 @@ from n2n_gym.runs import (
     read_evaluations,
     read_run_config,
     read_run_task,
+    resume_conflict,
 )
 from n2n_gym.students import StudentFileError
 from n2n_gym.task import TaskError
@@ -99,6 +101,7 @@ from n2n_gym.task import TaskError
 BENCHMARK_ENVS = ("N2NJoint-Tab-v0", "N2NJoint-FashionMNIST-Tab-v0")
 BENCHMARK_BUDGETS = (30, 100, 300)
 BENCHMARK_SEEDS = 20
+BENCHMARK_SETTINGS = "settings.json"
 # Every algorithm whose own cost fits the default benchmark (RecurrentPPO's LSTM rollouts cost
 # about 10x the others': it is reported from a separate run, see the README).
 # tpe-hyperband needs halving in the env kwargs (bench/halving.py runs it).
@@ -379,10 +382,20 @@ def _check_benchmark_args(parser: argparse.ArgumentParser, args: argparse.Namesp
         args.out = Path(
             "runs/benchmark" if len(args.envs) > 1 else f"runs/benchmark-{args.envs[0]}"
         )
+    settings = args.out / BENCHMARK_SETTINGS
+    if settings.is_file():
+        conflict = resume_conflict(json.loads(settings.read_text()), _benchmark_settings(args))
+        if conflict:
+            parser.error(f"{args.out} holds a benchmark: {conflict}")
     # The searches check each env and its kwargs exactly as each run will.
     for env in args.envs:
         for algo in args.algos:
             train_agent.parse_args(_run_argv(args, _job(args, env, algo, args.first_seed)))
+
+
+def _benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What every run of a benchmark folder shares (algorithms, seeds, envs and budgets may grow)."""
+    return {"env_kwargs": json.loads(args.env_kwargs)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,6 +469,7 @@ def benchmark(args: argparse.Namespace, console: Console) -> int:
     pending = [job for job in jobs if not _finished(job.run_dir, job.budget)]
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / BENCHMARK_SETTINGS, _benchmark_settings(args))
     console.print(
         f"benchmark of {len(args.algos)} algorithms x {args.seeds} seeds x budgets "
         f"{'/'.join(map(str, args.budgets))} on {', '.join(args.envs)} into {args.out}: "

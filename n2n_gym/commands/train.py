@@ -75,6 +75,7 @@ from n2n_gym.runs import (
     CONVERGED_EPISODE_FACTOR,
     RunRecorder,
     announce_search,
+    resume_conflict,
     write_best_weights,
     write_json_atomic,
 )
@@ -889,6 +890,13 @@ def run_search(args: Args, console: Console) -> int:
     run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
     if (run_dir / CONFIG_FILE).exists() and not args.resume:
         return fail(f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR")
+    if args.resume and (run_dir / CONFIG_FILE).exists():
+        recorded = json.loads((run_dir / CONFIG_FILE).read_text())
+        if args.n_envs is None:  # keep the recorded concurrency, whatever --workers is now
+            args = replace(args, n_envs=recorded.get("n_envs"))
+        conflict = resume_conflict(recorded, {**asdict(args), "out": str(run_dir)})
+        if conflict:
+            return fail(f"{run_dir}: {conflict}")
     try:
         task, options = search_task(
             args.env,
@@ -996,6 +1004,12 @@ def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:
 def run_pipeline(args: Args, console: Console) -> int:
     """Removal, then shrinkage of its best student, then final training and the test report."""
     out = Path(args.out or f"runs/pipeline-{args.algo}-{args.seed}")
+    if args.resume and (out / PIPELINE_FILE).exists():
+        conflict = resume_conflict(
+            json.loads((out / PIPELINE_FILE).read_text()), {**asdict(args), "out": str(out)}
+        )
+        if conflict:
+            return fail(f"{out}: {conflict}")
     previous: Path | None = None
     for number, stage in enumerate(args.stages, 1):
         if stage == "final":
