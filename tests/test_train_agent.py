@@ -316,6 +316,18 @@ def test_task_flags_become_the_environments_arguments():
     assert preset.env_kwargs["fidelity"] == "medium"
 
 
+def test_a_data_set_may_be_spelled_as_people_write_it():
+    from n2n_gym.data import canonical_dataset
+
+    for spelling in ("fashion-mnist", "fashion_mnist", "FashionMNIST", "Fashion-MNIST"):
+        assert canonical_dataset(spelling) == "fashion-mnist"
+    assert canonical_dataset("CIFAR-10") == "cifar10" and canonical_dataset("mnsit") == "mnsit"
+    args = train_agent.parse_args(
+        ["--dataset", "fashion_mnist", "--data-dir", "D", "--env-kwargs", PROXY]
+    )
+    assert args.env_kwargs["dataset"] in ("fashion_mnist", "fashion-mnist")
+
+
 def test_compress_is_the_walkthroughs_shrink_stage_limit():
     args = train_agent.parse_args(["--pipeline", "--compress", "10x", "--env-kwargs", PROXY])
     teacher_params = 120_762  # the bundled teacher
@@ -336,7 +348,10 @@ def test_compress_is_the_walkthroughs_shrink_stage_limit():
     [
         (["--teacher", "default", "--env-kwargs", '{"teacher": "default"}'], "both set teacher"),
         (["--compress", "10x"], "add --pipeline"),
-        (["--pipeline", "--compress", "1"], "a factor above 1"),
+        (["--pipeline", "--compress", "1"], "a finite factor above 1"),
+        (["--pipeline", "--compress", "inf"], "a finite factor above 1"),
+        (["--pipeline", "--compress", "nanx"], "a finite factor above 1"),
+        (["--dataset", "fashion_mnst"], "dataset='fashion_mnst' is unknown (did you mean"),
         (["--pipeline", "--compress", "10x", "--max-params", "9000"], "both limit parameters"),
         (["--fidelity", "slow"], "invalid choice"),
     ],

@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -419,7 +420,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         try:
             task, _ = search_task(env_id, kwargs, device=ns.device, ray_address=ns.ray_address)
         except TaskError as error:
-            parser.error(f"{env_id} ({flag} / --device): {error}")
+            given = _given_task_flags(ns, stage == "shrink" and bool(shrink_kwargs))
+            parser.error(f"{env_id}{f' ({given})' if given else ''}: {error}")
         if ns.algo in PRUNING_SEARCHES and task.halving is None:
             parser.error(
                 f"--algo {ns.algo} prunes at successive-halving rungs: add halving to {flag}, "
@@ -507,6 +509,21 @@ REWARD_FLAGS = {"reward_lr": "lr", "reward_images": "transfer_size", "reward_epo
 COMPRESS_REWARD_LR = 2e-3
 
 
+def _given_task_flags(ns: argparse.Namespace, shrink: bool) -> str:
+    """The flags the user typed that set a stage's task, for an error to name (none: empty)."""
+    names = [*TASK_FLAGS, "device"]
+    flags = [
+        f"--{name.replace('_', '-')}"
+        for name in names
+        if getattr(ns, name, None) not in (None, Args.device)
+    ]
+    if ns.env_kwargs and ns.env_kwargs.strip() != "{}":
+        flags.append("--env-kwargs")
+    if shrink:
+        flags.append("--shrink-kwargs")
+    return ", ".join(flags)
+
+
 def _task_flags(
     parser: argparse.ArgumentParser, ns: argparse.Namespace, env_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -551,8 +568,10 @@ def _compress_constraint(
         factor = float(text)
     except ValueError:
         factor = 0.0
-    if not factor > 1:
-        parser.error(f"--compress {ns.compress!r}: give a factor above 1, e.g. --compress 10x")
+    if not 1 < factor < math.inf:  # NaN fails too
+        parser.error(
+            f"--compress {ns.compress!r}: give a finite factor above 1, e.g. --compress 10x"
+        )
     if not stages and not ns.env.startswith(("N2NShrink", "N2NJoint")):
         parser.error(
             "--compress limits the shrink stage (a limit on removal alone forces a poor start): "

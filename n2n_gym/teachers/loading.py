@@ -38,7 +38,7 @@ from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec
 from n2n_gym.convert import UnsupportedModule, convert_module
-from n2n_gym.data import DATASETS, IMAGE_FOLDER, available_datasets
+from n2n_gym.data import DATASETS, IMAGE_FOLDER, available_datasets, canonical_dataset
 from n2n_gym.distill import one_thread, resolve_device
 from n2n_gym.surgery import SpecNetwork, build_module
 from n2n_gym.teachers.errors import TeacherError, argument
@@ -158,6 +158,7 @@ def weights_fingerprint(module: SpecNetwork) -> str:
 def _expected_io(
     dataset: str, input_shape: InputShape | None, num_classes: int | None
 ) -> tuple[InputShape, int]:
+    dataset = canonical_dataset(dataset)
     if dataset in DATASETS:
         info = DATASETS[dataset]
         shape = tuple(input_shape) if input_shape is not None else info.input_shape

@@ -27,6 +27,7 @@ from n2n_gym.data import (
     IMAGE_FOLDER,
     DatasetSplits,
     available_datasets,
+    canonical_dataset,
     default_val_size,
     load_dataset,
 )
@@ -178,6 +179,7 @@ def train_teacher(
 
     _check_arch(arch)
     _check_hyperparameters(epochs, batch_size, lr, weight_decay, label_smoothing)
+    dataset = canonical_dataset(dataset)
     if dataset not in available_datasets() and splits is None:
         raise TeacherError(
             f"unknown dataset {dataset!r}; available: {', '.join(available_datasets())}"
