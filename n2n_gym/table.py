@@ -161,8 +161,8 @@ class TableRow:
     @classmethod
     def from_list(cls, values: list[Any], version: int = TABLE_VERSION) -> TableRow:
         key, ratios, acc, params, flops, seconds, curve, error_type, error, latency, again = values
-        if version == 1:  # one optional repeat
-            again = [again] if again else []
+        if version == 1:  # one optional repeat, of the random noise sample
+            again = [{**again, "sample": True}] if again else []
         measurement = Measurement.from_dict(
             {
                 "accuracy": acc,
@@ -494,7 +494,7 @@ class Table:
         return [
             row
             for row in self.rows.values()
-            if row.seeds >= 2 and row.repeats[0].get("sample", True)
+            if row.seeds >= 2 and row.repeats[0].get("sample")
         ]
 
     def noise(self) -> dict[str, Any]:

@@ -422,7 +422,8 @@ class TableBuild:
                     }
         for record in self._seed_records():
             repeats.setdefault(json.dumps(record["ratios"]), {})[record["seed"]] = {
-                k: record[k] for k in ("seed", "accuracy", "seconds")
+                **{k: record[k] for k in ("seed", "accuracy", "seconds")},
+                "sample": False,  # measured because it was near the top
             }
         records = [
             record
