@@ -31,8 +31,25 @@ __all__ = [
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that wraps between words only: values such as ``reinforce,ppo,a2c`` or
+    ``N2NJoint-FashionMNIST-Tab-v0`` stay whole; description and epilog keep their lines."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_long_words=False, break_on_hyphens=False
+        )
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line, with exit status 2."""
+    """argparse that reports a bad command line in one line, with exit status 2, and wraps its
+    help between words (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")

@@ -492,9 +492,7 @@ class Table:
         """The random sample of students measured with a second seed (not the top students,
         whose extra seeds would bias a noise estimate)."""
         return [
-            row
-            for row in self.rows.values()
-            if row.seeds >= 2 and row.repeats[0].get("sample")
+            row for row in self.rows.values() if row.seeds >= 2 and row.repeats[0].get("sample")
         ]
 
     def noise(self) -> dict[str, Any]:

@@ -595,8 +595,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument(
         "--stats",
         action="store_true",
-        help="print the difficulty report of --table (or the shipped table; with --build-dir: of "
-        "what that build has measured so far) and exit",
+        help="print the difficulty report of --table (or the table shipped for --teacher and "
+        "--dataset; with --build-dir: of what that build has measured so far) and exit",
     )
     parser.add_argument("--table", default=None, help="the table --stats reports on")
     parser.add_argument(
@@ -705,7 +705,12 @@ def main(argv: list[str] | None = None) -> int:
 def _stats(args) -> int:
     from rich.console import Console
 
-    path = Path(args.table) if args.table else shipped_table("default", "mnist")
+    path = Path(args.table) if args.table else shipped_table(args.teacher, args.dataset)
+    if path is None:
+        return fail(
+            f"no table is shipped for --teacher {args.teacher} on --dataset {args.dataset}: "
+            "pass --table PATH"
+        )
     try:
         table = load_table(path)
     except TableError as error:

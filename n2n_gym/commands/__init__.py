@@ -28,9 +28,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         (),
     ),
     "benchmark": (
-        "n2n_gym.commands.evaluate",
-        "benchmark search algorithms over seeds (rliable statistics)",
-        ("--benchmark",),
+        "n2n_gym.commands.benchmark",
+        "benchmark search algorithms over seeds and budgets (rliable statistics)",
+        (),
     ),
     "tabulate": ("n2n_gym.tabulate", "measure a grid of students into a table", ()),
     "teachers": ("n2n_gym.teachers.cli", "list the teacher zoo, train a teacher", ()),

@@ -156,7 +156,6 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(
         description=__doc__.split("\n")[0],
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Args()
     docs = field_docs(Args)
