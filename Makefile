@@ -1,10 +1,12 @@
-# Quick start: `make demo` sets up .venv and runs the default compression search on CPU;
+# Quick start: `make demo` sets up .venv and runs the default compression search on CPU (rerun it:
+# it shows the finished run; `make demo ARGS="--threads 1"` passes flags to the search);
 # `make test` sets up .venv and runs the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+ARGS ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean distclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) train_agent.py --algo reinforce
+	$(PY) train_agent.py --algo reinforce --out runs/demo --resume $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q
@@ -23,5 +25,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# What runs made; `make distclean` also removes the virtual environment.
 clean:
-	rm -rf $(VENV) .pytest_cache runs
+	rm -rf .pytest_cache runs
+
+distclean: clean
+	rm -rf $(VENV)

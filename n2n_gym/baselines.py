@@ -44,7 +44,7 @@ from torch import nn
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, unit_rules
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.distill import DistillConfig
-from n2n_gym.finalize import points, test_report, train_module
+from n2n_gym.finalize import TrainingInterrupted, points, test_report, train_module
 from n2n_gym.runs import REPORT_FILE, RunDirError, read_run_task
 from n2n_gym.surgery import build_module, build_student
 from n2n_gym.task import Task
@@ -245,8 +245,11 @@ def run_baselines(
     if path.is_file():
         earlier = json.loads(path.read_text())
         if all(earlier.get(k) == v for k, v in identity.items()):
+            # A failed or cut-short baseline is never a result: it is trained again.
             results["baselines"] = {
-                n: r for n, r in earlier.get("baselines", {}).items() if "error" not in r
+                n: r
+                for n, r in earlier.get("baselines", {}).items()
+                if "error" not in r and "interrupted" not in r
             }
     todo = [n for n in names if n not in results["baselines"]]
     if not todo:
@@ -265,6 +268,15 @@ def run_baselines(
                 device=device,
                 on_epoch=None if on_epoch is None else lambda entry, n=name: on_epoch(n, entry),
             )
+            if trained.interrupted:
+                results["baselines"][name] = {
+                    "interrupted": {
+                        "epochs_done": len(trained.history),
+                        "epochs": config.epochs,
+                    }
+                }
+                write_json_atomic(path, results)
+                raise TrainingInterrupted(f"baseline {name}", len(trained.history), config.epochs)
             measured = test_report(
                 teacher,
                 trained.module,
@@ -307,6 +319,17 @@ def baselines_table(results: dict[str, Any]) -> Table:
     for name, row in _rows(results):
         if "error" in row:
             table.add_row(name, "failed", row["error"], "", "", "")
+            continue
+        if "interrupted" in row:
+            cut = row["interrupted"]
+            table.add_row(
+                name,
+                "interrupted",
+                f"after {cut['epochs_done']} of {cut['epochs']} epochs",
+                "",
+                "",
+                "",
+            )
             continue
         seconds = row.get("training_seconds")
         table.add_row(

@@ -43,6 +43,7 @@ __all__ = [
     "FINAL_TRAINING",
     "FinalTraining",
     "StudentReport",
+    "TrainingInterrupted",
     "cpu_latency",
     "finish_run",
     "model_size",
@@ -82,6 +83,8 @@ class FinalTraining:
         history: one dict per finished epoch: ``epoch``, ``loss``, ``val_accuracy``, ``seconds``.
         wall_time: seconds for the whole training.
         config: the distillation settings used.
+        interrupted: stopped by Ctrl-C before its last epoch (the module is the best epoch so
+            far: a result to keep, never one to compare as if trained fully).
     """
 
     module: torch.nn.Module
@@ -90,6 +93,29 @@ class FinalTraining:
     history: list[dict[str, float]]
     wall_time: float
     config: DistillConfig
+    interrupted: bool = False
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a final training after what is kept was saved, marked as interrupted.
+
+    Attributes:
+        what: what was being trained (for the one line a command prints).
+        epochs_done: finished epochs.
+        epochs: the epochs it was to train.
+        saved: where the cut-short result was written, if anywhere.
+    """
+
+    def __init__(self, what: str, epochs_done: int, epochs: int, saved: Path | None = None):
+        super().__init__(what)
+        self.what, self.epochs_done, self.epochs, self.saved = what, epochs_done, epochs, saved
+
+    def __str__(self) -> str:
+        kept = f"; what it had is saved to {self.saved}, marked interrupted" if self.saved else ""
+        return (
+            f"{self.what}: interrupted after {self.epochs_done} of {self.epochs} epochs{kept}; "
+            "rerun the command to train it fully"
+        )
 
 
 def train_final(
@@ -184,7 +210,9 @@ def train_module(
     except KeyboardInterrupt:
         if best["state"] is None:
             raise
-        logger.warning("final training interrupted; keeping epoch %d", best["epoch"])
+        interrupted = True
+    else:
+        interrupted = False
     module.load_state_dict(best["state"])
     return FinalTraining(
         module=module.cpu().eval(),
@@ -193,6 +221,7 @@ def train_module(
         history=history,
         wall_time=time.perf_counter() - start,
         config=config,
+        interrupted=interrupted,
     )
 
 
@@ -397,8 +426,12 @@ def finish_run(
         "mean": list(data.mean),
         "std": list(data.std),
     }
+    if trained.interrupted:
+        report.extra["interrupted"] = {"epochs_done": len(trained.history), "epochs": config.epochs}
     write_json_atomic(out_dir / REPORT_FILE, report.to_dict())
     logger.info("saved %s and %s", path, out_dir / REPORT_FILE)
+    if trained.interrupted:
+        raise TrainingInterrupted("final training", len(trained.history), config.epochs, path)
     return report, path
 
 

@@ -1,8 +1,10 @@
 """Baselines of a finished student's size: built at that size, trained as the student was, compared."""
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from n2n_gym.arch import StudentDescription, unit_rules
 from n2n_gym.baselines import magnitude_pruned, uniform_width_student
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import DistillConfig, distill
-from n2n_gym.finalize import model_size
+from n2n_gym.finalize import FINAL_TRAINING, TrainingInterrupted, finish_run, model_size
 from n2n_gym.surgery import build_module, build_student
 from n2n_gym.teachers import load_teacher
 
@@ -124,6 +126,57 @@ def test_evaluate_baselines_trains_each_at_the_students_size_and_resumes(finishe
     monkeypatch.setattr(n2n_gym.baselines, "train_module", no_training)
     assert evaluate.main(argv) == 0
     assert json.loads((finished / "baselines.json").read_text()) == results
+
+
+@pytest.mark.expensive
+def test_a_training_cut_short_by_ctrl_c_is_kept_marked_and_never_reused(
+    finished, tmp_path, monkeypatch, capsys
+):
+    folder = tmp_path / "finished"
+    shutil.copytree(finished, folder)
+    (folder / "baselines.json").unlink(missing_ok=True)
+    real = n2n_gym.baselines.train_module
+
+    def ctrl_c_after_the_first_epoch(*args, **kwargs):
+        def stop(entry):
+            raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_epoch": stop})
+
+    monkeypatch.setattr(n2n_gym.baselines, "train_module", ctrl_c_after_the_first_epoch)
+    argv = [str(folder), "--baselines", "--only", "uniform-width,scratch-labels", "--device", "cpu"]
+    assert evaluate.main(argv) == 130  # one Ctrl-C stops the command: no second baseline
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: baseline uniform-width: interrupted after 1 of 2 epochs; rerun the command to "
+        "train it fully"
+    )
+    saved = json.loads((folder / "baselines.json").read_text())["baselines"]
+    assert saved == {"uniform-width": {"interrupted": {"epochs_done": 1, "epochs": 2}}}
+    monkeypatch.undo()
+    assert evaluate.main(argv) == 0  # trained again in full, not reused
+    saved = json.loads((folder / "baselines.json").read_text())["baselines"]
+    assert (
+        saved["uniform-width"]["best_epoch"] in (1, 2)
+        and "interrupted" not in saved["uniform-width"]
+    )
+    # The search's own final training keeps its best epoch, marked, and stops the command too.
+    config = replace(FINAL_TRAINING, epochs=2, transfer_size=2048)
+
+    def stop(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="final training: interrupted after 1 of 2"):
+        finish_run(
+            finished.parent / "run",
+            config=config,
+            device="cpu",
+            out_dir=tmp_path / "cut",
+            on_epoch=stop,
+        )
+    report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert report["interrupted"] == {"epochs_done": 1, "epochs": 2}
+    assert (tmp_path / "cut" / "student.pt").exists()
 
 
 @pytest.mark.parametrize(

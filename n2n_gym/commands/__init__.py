@@ -71,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, before = COMMANDS[name]
     # argparse names the program after argv[0]: usage and errors then say "n2n-gym train".
     sys.argv[0] = f"n2n-gym {name}"
-    return importlib.import_module(module_name).main([*before, *rest])
+    try:
+        return importlib.import_module(module_name).main([*before, *rest])
+    except KeyboardInterrupt:  # while importing torch and the rest: nothing started yet
+        print(f"n2n-gym {name}: interrupted", file=sys.stderr)
+        return 130

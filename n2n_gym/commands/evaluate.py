@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare(args, console) if args.compare else finish(args, console)
     except (RunDirError, StudentFileError, TaskError, DistillationDiverged, ValueError) as error:
         return fail(str(error))
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    except KeyboardInterrupt as error:  # a final training or baseline cut short says so
+        return fail(str(error) or "interrupted", 130)
 
 
 if __name__ == "__main__":

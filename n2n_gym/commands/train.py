@@ -848,12 +848,15 @@ def run_logged(argv: list[str], log_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console()
-    if args.stages:
-        return run_pipeline(args, console)
-    return run_search(args, console)
+    try:
+        args = parse_args(argv)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        console = Console()
+        if args.stages:
+            return run_pipeline(args, console)
+        return run_search(args, console)
+    except KeyboardInterrupt as error:  # while starting up, or a final training cut short
+        return fail(str(error) or "interrupted", 130)
 
 
 def search_task(

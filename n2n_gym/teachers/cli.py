@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from n2n_gym.arch import InvalidArchitecture
-from n2n_gym.cli import OneLineParser, program
+from n2n_gym.cli import OneLineParser, program, show_table
 from n2n_gym.data import IMAGE_FOLDER, DataError
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.loading import _expected_io
@@ -92,8 +92,7 @@ def _list_zoo(dataset: str) -> None:
         table.add_row(
             name, f"{spec.params:,}", f"{spec.flops / 1e6:,.1f}", str(spec.num_units), bundled
         )
-    # Piped output keeps every column; a terminal gets its own width.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    show_table(Console(), table)  # Markdown when piped or too narrow: every column whole
 
 
 def _image_folder(args: argparse.Namespace) -> dict[str, Any] | None:
