@@ -93,7 +93,8 @@ def markdown(table: Table) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     if table.caption:
         lines += ["", text(table.caption)]
-    return "\n".join(lines)
+    # A blank line after: a line printed next is not read as one more row of the table.
+    return "\n".join([*lines, ""])
 
 
 def show_table(console: Console, table: Table) -> None:
@@ -133,8 +134,8 @@ class _LogLines:
         elapsed = now - self._start
         done = self.n - self._first
         eta = elapsed / done * (self.total - self.n) if done and self.total else None
-        text = f"{self.desc}: {self.n}/{self.total} {self.unit}s, {elapsed:.0f} s"
-        text += f", about {eta:.0f} s left" if eta is not None else ""
+        text = f"{self.desc}: {self.n}/{self.total} {self.unit}s, {duration(elapsed)}"
+        text += f", about {duration(eta)} left" if eta is not None else ""
         text += f" ({self._postfix})" if self._postfix else ""
         print(text, file=sys.stderr, flush=True)
 
@@ -158,6 +159,15 @@ def program(module_form: str) -> str:
     """The name a command's usage and errors show: ``n2n-gym JOB`` when run that way, else the
     ``python -m ...`` form it was started with."""
     return sys.argv[0] if sys.argv and sys.argv[0].startswith("n2n-gym ") else module_form
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read them: ``42 s``, ``3.5 min``, ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def fail(message: str, status: int = 2) -> int:

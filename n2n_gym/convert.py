@@ -129,16 +129,24 @@ def _trace(module: nn.Module, input_shape: tuple[int, int, int]) -> fx.GraphModu
             f"{_first_line(error)}); control flow that depends on the input's values is not "
             "supported"
         ) from None
+    first_conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and first_conv.in_channels != input_shape[0]:
+        raise UnsupportedModule(
+            f"the teacher expects {first_conv.in_channels} input channels; the images have "
+            f"{input_shape[0]}"
+        )
     sample = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     module.eval()
-    try:
+    try:  # eagerly first: torch's own message, and ShapeProp prints tracebacks on failure
         with torch.no_grad():
-            ShapeProp(graph).propagate(sample)
+            module(sample)
     except Exception as error:
         raise UnsupportedModule(
             f"the model does not run on input shape {tuple(input_shape)} "
             f"({type(error).__name__}: {_first_line(error)})"
         ) from None
+    with torch.no_grad():
+        ShapeProp(graph).propagate(sample)
     return graph
 
 

@@ -193,9 +193,24 @@ class SumWithoutActivation(nn.Module):
         (Gated(), "torch.fx cannot trace the model's forward"),
         (SumWithoutActivation(), r"residual sum node 'add' .* is not followed by an activation"),
         (nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), "has 5 outputs but the data has 10"),
+        (resnet18(num_classes=10), r"^the teacher expects 3 input channels; the images have 1$"),
+        (
+            nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(100, 10)),
+            r"does not run on input shape \(1, 28, 28\) \(RuntimeError: mat1 and mat2",
+        ),
     ],
-    ids=["concat", "sigmoid", "grouped", "control-flow", "sum-without-activation", "classes"],
+    ids=[
+        "concat",
+        "sigmoid",
+        "grouped",
+        "control-flow",
+        "sum-without-activation",
+        "classes",
+        "channels",
+        "shape",
+    ],
 )
-def test_unsupported_operations_are_named_with_where_they_are(model, message):
+def test_unsupported_operations_are_named_with_where_they_are(model, message, capsys):
     with pytest.raises(UnsupportedModule, match=message):
         convert_module(model, (1, 28, 28), 10)
+    assert "Traceback" not in capsys.readouterr().err  # one line, nothing printed on the side

@@ -196,12 +196,17 @@ def test_missing_file_is_named(tmp_path):
         load_teacher(missing)
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", b"PK\x03\x04broken zip"])
+@pytest.mark.parametrize(
+    "content",
+    [b"not a checkpoint\n", b"", b"PK\x03\x04broken zip", bytes(range(256)) * 20],
+)
 def test_corrupt_file_is_named(tmp_path, content):
     path = tmp_path / "corrupt.pt"
     path.write_bytes(content)
-    with pytest.raises(TeacherError, match=r"corrupt\.pt.*(corrupt|not a PyTorch)"):
+    with pytest.raises(TeacherError, match=r"corrupt\.pt.*(corrupt|not a PyTorch)") as error:
         load_teacher(path, arch="small_vgg")
+    # Never the advice to unpickle a file nobody vouched for.
+    assert "weights_only" not in str(error.value)
 
 
 def test_truncated_checkpoint_is_named(tmp_path):

@@ -900,9 +900,11 @@ def _warn_shared_cores(console: Console, run_dir: Path, threads: int) -> None:
             f"warning: {len(others)} other search(es) run on this machine "
             f"({', '.join(str(o['pid']) for o in others)}), using {used} threads on {total} "
             f"cores, so each evaluation is slower; give each search --threads "
-            f"{max(1, total // (len(others) + 1))}",
+            f'{max(1, total // (len(others) + 1))} (make demo ARGS="--threads '
+            f'{max(1, total // (len(others) + 1))}")',
             style="yellow",
             soft_wrap=True,
+            highlight=False,  # no colour inside numbers and paths (a log keeps them clean)
         )
 
 
@@ -1059,18 +1061,27 @@ def run_pipeline(args: Args, console: Console) -> int:
     return 0
 
 
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
 def _fmt(value: float | None, pattern: str) -> str:
     return "-" if value is None else pattern.format(value)
 
 
 def _print_summary(console: Console, summary: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=f"best student of {summary['algo']} ({run_dir})")
+    table = Table(
+        title=f"best student of {summary['algo']} ({run_dir})",
+        caption=f"The student's accuracy is after the search's short distillation. Next: "
+        f"`n2n-gym evaluate {run_dir}` trains it fully and reports test accuracy; every "
+        f"evaluation is in {run_dir / 'evaluations.jsonl'}, the totals in {run_dir / 'summary.json'}.",
+    )
     for column in ("", "teacher", "best student"):
         table.add_column(column, justify="right")
     table.add_row(
-        "val accuracy",
-        _fmt(summary["teacher_accuracy"], "{:.4f}"),
-        _fmt(summary["best_accuracy"], "{:.4f}"),
+        "validation accuracy",
+        _fmt(_percent(summary["teacher_accuracy"]), "{:.2f} %"),
+        _fmt(_percent(summary["best_accuracy"]), "{:.2f} %"),
     )
     table.add_row(
         "parameters", _fmt(summary["teacher_params"], "{:,}"), _fmt(summary["best_params"], "{:,}")

@@ -207,9 +207,12 @@ def _read_torch_file(path: Path, label: str, allow_pickle: bool) -> Any:
         # The safe unpickler refuses Python objects other than tensors and containers; in a
         # torch zip archive that means a pickled object such as a whole nn.Module.
         if "Unsupported global" not in str(error) and not zipfile.is_zipfile(path):
+            # torch's own text here advises weights_only=False, i.e. unpickling an unknown
+            # file: never repeat that.
             raise TeacherError(
                 f"teacher file {label!r} is not a PyTorch checkpoint written by torch.save "
-                f"({_first_line(error)}); pass a file saved with torch.save"
+                "(neither a torch zip archive nor a tensor pickle); pass a file saved with "
+                "torch.save"
             ) from None
         if not allow_pickle:
             raise TeacherError(
