@@ -191,7 +191,8 @@ LEARNERS = (
 )
 DQN_UNRELIABLE = pytest.mark.xfail(
     reason="DQN's greedy policy after its exploration phase is not reliably better than the "
-    "exploration itself at 200 students (gain 0.04, 95 % CI [-0.03, 0.13]); see the README",
+    "exploration itself at 200 students (measured: gain 0.04, 95 % CI [-0.03, 0.13]): its "
+    "exploration decays over a tenth of its steps, about half of these 200 students",
     strict=False,
 )
 
