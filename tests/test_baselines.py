@@ -146,7 +146,7 @@ def test_a_training_cut_short_by_ctrl_c_is_kept_marked_and_never_reused(
     monkeypatch.setattr(n2n_gym.baselines, "train_module", ctrl_c_after_the_first_epoch)
     argv = [str(folder), "--baselines", "--only", "uniform-width,scratch-labels", "--device", "cpu"]
     assert evaluate.main(argv) == 130  # one Ctrl-C stops the command: no second baseline
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert err == (
         "error: baseline uniform-width: interrupted after 1 of 2 epochs; rerun the command to "
         "train it fully"
