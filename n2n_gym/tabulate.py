@@ -141,7 +141,8 @@ class TableBuild:
 
     def manifest(self) -> dict[str, Any]:
         return {
-            "task": self.task.to_dict() | {"cache_path": None},
+            # Where the data sit is this machine's business, not the build's identity.
+            "task": self.task.to_dict() | {"cache_path": None, "data_dir": None},
             "grid": self.grid.to_dict(),
             "students": len(self.students),
             "repeat_students": len(self.repeat_students),
@@ -458,7 +459,7 @@ class TableBuild:
             task={
                 k: v
                 for k, v in task.to_dict().items()
-                if k not in ("cache_path", "table", "measurer", "constraints")
+                if k not in ("cache_path", "data_dir", "table", "measurer", "constraints")
             },
             context=measurer.context(),
             grid=self.grid,
