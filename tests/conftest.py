@@ -8,6 +8,7 @@ task, so ``gymnasium.make("N2NJoint-Tab-v0", table=path)`` uses it as it would t
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,3 +61,16 @@ def proxy_table(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("proxy_table") / "proxy-joint.json.gz"
     build_proxy_table(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """A folder with Fashion-MNIST in torchvision's layout (``N2N_TEST_DATA_DIR``); skips without it.
+
+    The images are not on PyPI, so tests that need them run where someone put them there, e.g.
+    Debian's ``dataset-fashion-mnist`` unpacked into ``$N2N_TEST_DATA_DIR/FashionMNIST/raw``.
+    """
+    root = Path(os.environ.get("N2N_TEST_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
+    if not (root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        pytest.skip(f"needs Fashion-MNIST images under {root}/FashionMNIST/raw (N2N_TEST_DATA_DIR)")
+    return root

@@ -126,15 +126,28 @@ def test_bundled_files_are_small_and_describe_the_weights(bundled):
 
 
 @pytest.mark.parametrize("name", list(BUNDLED_TEACHERS))
-def test_every_bundled_teacher_loads_by_name_and_is_accurate(name, mnist):
-    teacher = load_teacher(f"bundled:{name}")
-    arch = name.removesuffix("_mnist")
+def test_every_bundled_teacher_loads_by_name_and_is_accurate(name, request):
+    dataset = BUNDLED_TEACHERS[name]
+    teacher = load_teacher(f"bundled:{name}", dataset=dataset)
+    arch = name.removesuffix(f"_{dataset}")
     assert teacher.arch == arch and teacher.spec == zoo_spec(arch, (1, 28, 28), 10)
-    assert teacher.test_accuracy >= 0.993
-    assert accuracy(teacher.module, mnist.test_x[:2000], mnist.test_y[:2000]) >= 0.99
+    assert teacher.test_accuracy >= {"mnist": 0.993, "fashion-mnist": 0.91}[dataset]
     summary = json.loads(sidecar_path(WEIGHTS / f"{name}.pt").read_text())
     assert summary["fingerprint"] == teacher.fingerprint and summary["complete"] is True
+    assert summary["dataset"] == dataset
     assert (WEIGHTS / f"{name}.pt").stat().st_size < 2_000_000
+    # The recorded accuracy is what the weights score on the data set's test images.
+    if dataset == "mnist":
+        data = request.getfixturevalue("mnist")
+    else:
+        data = load_dataset(dataset, data_dir=request.getfixturevalue("fashion_mnist_dir"))
+    measured = accuracy(teacher.module, data.test_x[:2000], data.test_y[:2000])
+    assert measured == pytest.approx(teacher.test_accuracy, abs=0.02)
+
+
+def test_a_bundled_teacher_is_refused_for_another_data_set():
+    with pytest.raises(TeacherError, match="trained on 'fashion-mnist', not dataset 'mnist'"):
+        load_teacher("bundled:small_vgg_fashion-mnist")
 
 
 def test_an_unknown_bundled_teacher_lists_the_shipped_ones():
