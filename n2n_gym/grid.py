@@ -7,6 +7,7 @@ envs offer exactly the grid's choices, so no search can propose a student the ta
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,35 @@ class Grid:
         """Every combination, in a fixed order (the first unit's choice varies slowest)."""
         for ratios in itertools.product(*self.choices):
             yield StudentDescription(self.teacher, ratios)
+
+    def sample(self, count: int, seed: int = 0) -> list[StudentDescription]:
+        """``count`` distinct students spread over the grid (all of them if it has fewer).
+
+        Uniform draws crowd the middle of a large grid (most students of 3^14 keep about a third
+        of the units at each width), where a surrogate then learns nothing about the extremes
+        that searches head for. So every second student is drawn with its own random mix of
+        the choices (Dirichlet weights over each unit's choice positions: mostly removed, mostly
+        halved, mostly whole, and everything between), the others uniformly.
+        """
+        if count >= len(self):
+            return list(self.students())
+        rng = random.Random(seed)
+        positions = max(len(unit) for unit in self.choices)
+        seen: set[tuple[float, ...]] = set()
+        chosen = []
+        while len(chosen) < count:
+            if len(chosen) % 2:
+                weights = [rng.expovariate(1.0) for _ in range(positions)]  # Dirichlet(1, ...)
+            else:
+                weights = [1.0] * positions
+            ratios = tuple(
+                unit[0] if len(unit) == 1 else rng.choices(unit, weights[: len(unit)])[0]
+                for unit in self.choices
+            )
+            if ratios not in seen:
+                seen.add(ratios)
+                chosen.append(StudentDescription(self.teacher, ratios))
+        return chosen
 
     def contains(self, ratios: Sequence[float]) -> bool:
         """Whether every ratio is one of its unit's choices."""

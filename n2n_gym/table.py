@@ -49,11 +49,13 @@ __all__ = [
     "TABLE_FORMAT",
     "TABLE_VERSION",
     "OffGridStudent",
+    "RowScorer",
     "Table",
     "TableError",
     "TableMeasurer",
     "TableRow",
     "TableTarget",
+    "check_measured_for",
     "load_table",
     "shipped_table",
     "world_fingerprint",
@@ -219,8 +221,63 @@ class TableTarget:
     resolved: bool
 
 
+class RowScorer:
+    """Rewards of measured rows or predicted accuracies, for whatever knows its teacher's
+    architecture and accuracy (a :class:`Table`, a :class:`~n2n_gym.surrogate.Surrogate`)."""
+
+    teacher: NetworkSpec
+    teacher_accuracy: float
+
+    def reward(
+        self,
+        row: TableRow,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+        accuracy: float | None = None,
+    ) -> float:
+        """A row's reward under ``reward_config``: of its own measurement, or of ``accuracy``
+        (another seed's, or the seed mean); an error gets ``reward_on_error``."""
+        config = reward_config or RewardConfig()
+        m = row.measurement
+        if not m.ok:
+            return config.reward_on_error
+        return compute_reward(
+            m.accuracy if accuracy is None else accuracy,
+            self.teacher_accuracy,
+            m.params,
+            self.teacher.params,
+            m.flops,
+            config,
+            progress,
+        ).reward
+
+    def mean_reward(
+        self, row: TableRow, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> float:
+        """A row's reward at its seed-mean accuracy (its best estimate of the student's worth)."""
+        return self.reward(row, reward_config, progress, row.mean_accuracy)
+
+    def reward_of(
+        self,
+        accuracy: float,
+        plan: StudentPlan,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+    ) -> float:
+        """The reward of a student at ``accuracy``."""
+        return compute_reward(
+            accuracy,
+            self.teacher_accuracy,
+            plan.spec.params,
+            self.teacher.params,
+            plan.spec.flops,
+            reward_config or RewardConfig(),
+            progress,
+        ).reward
+
+
 @dataclass(frozen=True)
-class Table:
+class Table(RowScorer):
     """A measured grid.
 
     Attributes:
@@ -283,7 +340,7 @@ class Table:
         partial = path.with_name(path.name + ".partial")
         text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
         # mtime=0: the same table gives the same bytes.
-        with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        with open(partial, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
             out.write(text.encode())
         os.replace(partial, path)
         return path
@@ -337,35 +394,6 @@ class Table:
                 f"grid allows {[list(unit) for unit in self.grid.choices]} per unit"
             )
         return row
-
-    def reward(
-        self,
-        row: TableRow,
-        reward_config: RewardConfig | None = None,
-        progress: int | None = None,
-        accuracy: float | None = None,
-    ) -> float:
-        """A row's reward under ``reward_config``: of its own measurement, or of ``accuracy``
-        (another seed's, or the seed mean); an error gets ``reward_on_error``."""
-        config = reward_config or RewardConfig()
-        m = row.measurement
-        if not m.ok:
-            return config.reward_on_error
-        return compute_reward(
-            m.accuracy if accuracy is None else accuracy,
-            self.teacher_accuracy,
-            m.params,
-            self.teacher.params,
-            m.flops,
-            config,
-            progress,
-        ).reward
-
-    def mean_reward(
-        self, row: TableRow, reward_config: RewardConfig | None = None, progress: int | None = None
-    ) -> float:
-        """A row's reward at its seed-mean accuracy (its best estimate of the student's worth)."""
-        return self.reward(row, reward_config, progress, row.mean_accuracy)
 
     def rewards(
         self,
@@ -516,30 +544,53 @@ class Table:
         Raises:
             TableError: naming what differs.
         """
-        if teacher_fingerprint != self.teacher_fingerprint:
-            raise TableError(
-                f"table {self.name!r} was measured for teacher weights {self.teacher_fingerprint}, "
-                f"but teacher={task.teacher!r} has {teacher_fingerprint}: build a table for it "
-                "with `python -m n2n_gym.tabulate --teacher ...`"
-            )
-        if world_fingerprint(task, teacher_fingerprint) != self.world:
-            mine = task.to_dict()
-            differ = []
-            for name in WORLD_FIELDS:
-                theirs, ours = self.task.get(name), mine[name]
-                if isinstance(ours, dict) and isinstance(theirs, dict):
-                    differ += [
-                        f"{name}.{k} (table {theirs.get(k)!r}, task {ours.get(k)!r})"
-                        for k in sorted(set(ours) | set(theirs))
-                        if ours.get(k) != theirs.get(k)
-                    ]
-                elif theirs != ours:
-                    differ.append(f"{name} (table {theirs!r}, task {ours!r})")
-            raise TableError(
-                f"table {self.name!r} was measured with other settings than this task: "
-                f"{'; '.join(differ) or 'unknown'}; use the table's settings or build a table "
-                "for yours with `python -m n2n_gym.tabulate`"
-            )
+        check_measured_for(
+            f"table {self.name!r}",
+            (self.teacher_fingerprint, self.world, self.task),
+            task,
+            teacher_fingerprint,
+        )
+
+
+def check_measured_for(
+    what: str, recorded: tuple[str, str, Mapping[str, Any]], task: Task, teacher_fingerprint: str
+) -> None:
+    """Refuse a task that a table or surrogate (``what``) was not measured for.
+
+    Args:
+        what: how to name it in the message (``"table 'x'"``).
+        recorded: its teacher fingerprint, :func:`world_fingerprint` and task fields.
+        task: the task that wants to use it.
+        teacher_fingerprint: the task's teacher weights' fingerprint.
+
+    Raises:
+        TableError: naming what differs.
+    """
+    recorded_teacher, world, fields = recorded
+    if teacher_fingerprint != recorded_teacher:
+        raise TableError(
+            f"{what} was measured for teacher weights {recorded_teacher}, but "
+            f"teacher={task.teacher!r} has {teacher_fingerprint}: build a table for it with "
+            "`python -m n2n_gym.tabulate --teacher ...`"
+        )
+    if world_fingerprint(task, teacher_fingerprint) != world:
+        mine = task.to_dict()
+        differ = []
+        for name in WORLD_FIELDS:
+            theirs, ours = fields.get(name), mine[name]
+            if isinstance(ours, dict) and isinstance(theirs, dict):
+                differ += [
+                    f"{name}.{k} ({what.split()[0]} {theirs.get(k)!r}, task {ours.get(k)!r})"
+                    for k in sorted(set(ours) | set(theirs))
+                    if ours.get(k) != theirs.get(k)
+                ]
+            elif theirs != ours:
+                differ.append(f"{name} ({what.split()[0]} {theirs!r}, task {ours!r})")
+        raise TableError(
+            f"{what} was measured with other settings than this task: "
+            f"{'; '.join(differ) or 'unknown'}; use its settings or build a table for yours "
+            "with `python -m n2n_gym.tabulate`"
+        )
 
 
 def _fraction_of(value: float, fraction: float) -> float:

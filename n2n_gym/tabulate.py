@@ -26,6 +26,7 @@ the last one stopped):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,11 +34,13 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from n2n_gym.arch import StudentDescription
 from n2n_gym.cli import OneLineParser, fail, program
 from n2n_gym.grid import Grid, joint_grid
 from n2n_gym.table import (
@@ -93,6 +96,9 @@ class TableBuild:
         repeat_fraction: share of students measured again with ``repeat_seed``.
         repeat_seed: the second seed.
         shard_size: students per shard file.
+        students: measure these students of the grid instead of all of them (a grid too big to
+            enumerate: :meth:`~n2n_gym.grid.Grid.sample`, or the students searches visited);
+            the table then answers only for them.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class TableBuild:
         repeat_fraction: float = 0.1,
         repeat_seed: int = 1,
         shard_size: int = SHARD_SIZE,
+        students: Sequence[StudentDescription] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.name = name
@@ -119,7 +126,14 @@ class TableBuild:
         self.repeat_task = self.seed_task(repeat_seed)
         # The seeds a top student is measured with besides the table's own.
         self.top_seeds = [repeat_seed + i for i in range(TOP_SEEDS - 1)]
-        self.students = list(grid.students())
+        self.sampled = students is not None
+        self.students = list(grid.students()) if students is None else list(students)
+        off_grid = [s.ratios for s in self.students if not grid.contains(s.ratios)]
+        if off_grid:
+            raise TaskError(
+                f"{len(off_grid)} of the students are not in the grid (e.g. {list(off_grid[0])}); "
+                "pass --ratios with every width they use"
+            )
         count = max(1, round(repeat_fraction * len(self.students))) if repeat_fraction > 0 else 0
         chosen = sorted(random.Random(repeat_seed).sample(range(len(self.students)), count))
         self.repeat_students = [self.students[i] for i in chosen]
@@ -150,7 +164,11 @@ class TableBuild:
             "shard_size": self.shard_size,
             "top_fraction": TOP_FRACTION,
             "top_seeds": TOP_SEEDS,
-        }
+        } | ({"students_digest": self._students_digest()} if self.sampled else {})
+
+    def _students_digest(self) -> str:
+        ratios = json.dumps([list(s.ratios) for s in self.students])
+        return hashlib.sha256(ratios.encode()).hexdigest()[:16]
 
     def check_folder(self) -> None:
         """Refuse a folder that holds another build (other task, grid or sharding)."""
@@ -568,6 +586,22 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="also shrink the units that cannot be removed (the stem)",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure N students spread over the grid instead of all of it (a grid too big to "
+        "enumerate, e.g. a surrogate's training data)",
+    )
+    parser.add_argument("--sample-seed", type=int, default=0, help="the sample's seed (default: 0)")
+    parser.add_argument(
+        "--students-from",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="measure the students these search runs visited (their folders) instead",
+    )
     parser.add_argument("--workers", type=int, default=2, help="measuring processes (default: 2)")
     parser.add_argument("--ray-address", default=None, help="measure on a Ray cluster instead")
     parser.add_argument(
@@ -608,9 +642,38 @@ def parse_args(argv: list[str] | None = None):
 
 def _default_out(args) -> Path:
     shipped = shipped_table(args.teacher, args.dataset)
-    if shipped is not None:
+    if shipped is not None and not (args.sample or args.students_from):
         return shipped
-    return Path(f"{Path(args.teacher).stem}-{args.dataset}-joint.json.gz")
+    teacher = Path(args.teacher.removeprefix("bundled:")).stem.removesuffix(f"_{args.dataset}")
+    kind = "-sample" if args.sample else "-visited" if args.students_from else ""
+    return Path(f"{teacher}-{args.dataset}-joint{kind}.json.gz")
+
+
+def visited_students(runs: Sequence[str | Path], grid: Grid) -> list[StudentDescription]:
+    """The distinct students the search runs in ``runs`` measured, in the order first visited.
+
+    Raises:
+        TaskError: a folder is not a run, or a run searched another teacher.
+    """
+    from n2n_gym.runs import EVALUATIONS_FILE, read_evaluations
+
+    students: dict[tuple[float, ...], StudentDescription] = {}
+    for run in runs:
+        if not (Path(run) / EVALUATIONS_FILE).is_file():
+            raise TaskError(
+                f"--students-from {run}: no {EVALUATIONS_FILE} there; pass a run folder"
+            )
+        for record in read_evaluations(run):
+            if not record.get("student"):
+                continue
+            student = StudentDescription.from_dict(record["student"])
+            if student.teacher != grid.teacher:
+                raise TaskError(
+                    f"--students-from {run}: that run searched another teacher; pass runs of "
+                    "this --teacher"
+                )
+            students.setdefault(student.ratios, student)
+    return list(students.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -623,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("workers", "curve_points"):
         if getattr(args, name) < 1:
             return fail(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+    if args.sample is not None and args.students_from:
+        return fail("pass --sample or --students-from, not both")
+    if args.sample is not None and args.sample < 1:
+        return fail(f"--sample={args.sample} must be at least 1")
     if not 0.0 <= args.repeat_fraction <= 1.0:
         return fail(f"--repeat-fraction={args.repeat_fraction} must be between 0 and 1")
     try:
@@ -641,6 +708,13 @@ def main(argv: list[str] | None = None) -> int:
                 **({"fidelity": fidelity} if fidelity else {}),
             )
         grid = joint_grid(task.teacher_spec, args.ratios, shrink_fixed=args.shrink_fixed)
+        students = (
+            grid.sample(args.sample, args.sample_seed)
+            if args.sample
+            else visited_students(args.students_from, grid)
+            if args.students_from
+            else None
+        )
         out = Path(args.out) if args.out else _default_out(args)
         name = out.name.removesuffix(".gz").removesuffix(".json")
         folder = Path(args.build_dir) if args.build_dir else Path("tables-build") / name
@@ -652,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             curve_points=args.curve_points,
             repeat_fraction=args.repeat_fraction,
             repeat_seed=args.repeat_seed,
+            students=students,
         )
         build.check_folder()
     except (TaskError, ValueError, json.JSONDecodeError) as error:

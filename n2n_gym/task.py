@@ -62,14 +62,17 @@ if TYPE_CHECKING:
     from n2n_gym.evaluation import Evaluator
     from n2n_gym.image_folder import FolderLayout
     from n2n_gym.measure import Measurer
+    from n2n_gym.surrogate import Surrogate
     from n2n_gym.table import Table
 
 __all__ = ["MEASURERS", "Task", "TaskError", "closest", "unknown_keys_error"]
 
 logger = logging.getLogger(__name__)
 
-MEASURERS = ("distill", "proxy", "table")
-MeasurerName = Literal["distill", "proxy", "table"]
+MEASURERS = ("distill", "proxy", "table", "surrogate")
+MeasurerName = Literal["distill", "proxy", "table", "surrogate"]
+# Measurers that answer from a file of measurements (a table, or a surrogate fit on tables).
+LOOKUPS = ("table", "surrogate")
 
 
 class TaskError(ValueError):
@@ -257,11 +260,12 @@ class Task:
             stop there; ``None``: every student gets the whole fidelity. Needs the in-process
             distillation or a table (its rungs points of the table's learning curves).
         measurer: ``"distill"`` (real distillation), ``"table"`` (the measurements of a table
-            built by :mod:`n2n_gym.tabulate`, in microseconds) or ``"proxy"`` (a cheap
+            built by :mod:`n2n_gym.tabulate`, in microseconds), ``"surrogate"`` (a model fit on
+            sampled tables that predicts them, :mod:`n2n_gym.surrogate`) or ``"proxy"`` (a cheap
             deterministic stand-in for tests and debugging; needs no data).
-        table: the table file of ``measurer="table"``; ``None``: the one shipped for the teacher
-            and data set. It must have been measured for this task's teacher weights, data split
-            and fidelity.
+        table: the table (or surrogate) file of ``measurer="table"`` (``"surrogate"``); ``None``:
+            the one shipped for the teacher and data set. It must have been measured for this
+            task's teacher weights, data split and fidelity.
         table_query: what a table answers per student: ``"seed"`` (its one measurement, as a live
             search with a fixed evaluation seed sees it; the default) or ``"mean"`` (the mean over
             the seeds the table measured it with, charged their summed cost); see
@@ -398,7 +402,7 @@ class Task:
         if self.measurer not in MEASURERS:
             raise TaskError(
                 f"evaluator={self.measurer!r}: use 'distill' (real distillation), 'table' (a "
-                "measured table) or 'proxy' (cheap stand-in)"
+                "measured table), 'surrogate' (a model of one) or 'proxy' (cheap stand-in)"
             )
         if self.dataset not in available_datasets():
             guess = closest(str(self.dataset), available_datasets())
@@ -429,12 +433,14 @@ class Task:
             )
         if not _positive_int(self.curve_points):
             raise TaskError(f"curve_points={self.curve_points!r} must be a positive integer")
-        if self.table is not None and self.measurer != "table":
-            raise TaskError(f"table={self.table!r} needs evaluator='table'")
+        if self.table is not None and self.measurer not in LOOKUPS:
+            raise TaskError(f"table={self.table!r} needs evaluator='table' or 'surrogate'")
         if self.table_query not in ("seed", "mean"):
             raise TaskError(f"table_query={self.table_query!r}: use 'seed' or 'mean'")
-        if self.table_query != "seed" and self.measurer != "table":
-            raise TaskError(f"table_query={self.table_query!r} needs evaluator='table'")
+        if self.table_query != "seed" and self.measurer not in LOOKUPS:
+            raise TaskError(
+                f"table_query={self.table_query!r} needs evaluator='table' or 'surrogate'"
+            )
         if not isinstance(self.device, str):
             raise TaskError(f"device={self.device!r}: pass auto, cpu or cuda[:N]")
         if self.device != "auto":
@@ -460,8 +466,8 @@ class Task:
                 "image_folder",
                 resolve_normalisation(self._folder_layout(), self.image_folder, info.normalisation),
             )
-        if self.measurer == "table":
-            self.load_table()  # exists, intact, and measured for this task
+        if self.measurer in LOOKUPS:
+            self.load_lookup()  # exists, intact, and measured for this task
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -589,21 +595,29 @@ class Task:
 
     @property
     def table_path(self) -> Path:
-        """The table file of ``measurer="table"``: :attr:`table`, or the shipped one.
+        """The file of ``measurer="table"`` (``"surrogate"``): :attr:`table`, or the shipped one.
 
         Raises:
             TaskError: none is given and none is shipped for this teacher and data set.
         """
+        from n2n_gym.surrogate import shipped_surrogate
         from n2n_gym.table import shipped_table
 
         if self.table is not None:
             return Path(self.table)
-        shipped = shipped_table(self.teacher, self.dataset)
+        kind = "surrogate" if self.measurer == "surrogate" else "table"
+        shipped = (shipped_surrogate if kind == "surrogate" else shipped_table)(
+            self.teacher, self.dataset
+        )
         if shipped is None:
+            how = (
+                "`python -m n2n_gym.surrogate fit`"
+                if kind == "surrogate"
+                else "`python -m n2n_gym.tabulate`"
+            )
             raise TaskError(
-                f"evaluator='table': no table is shipped for teacher={self.teacher!r} on "
-                f"{self.dataset!r}; build one with `python -m n2n_gym.tabulate` and pass "
-                "table=PATH"
+                f"evaluator={kind!r}: no {kind} is shipped for teacher={self.teacher!r} on "
+                f"{self.dataset!r}; build one with {how} and pass table=PATH"
             )
         return shipped
 
@@ -613,14 +627,31 @@ class Task:
         Raises:
             TaskError: missing, corrupt, or measured for other teacher weights, data or fidelity.
         """
+        from n2n_gym.table import Table
+
+        table = self.load_lookup()
+        if not isinstance(table, Table):
+            raise TaskError(f"{self.table_path} is a surrogate: pass evaluator='surrogate'")
+        return table
+
+    def load_lookup(self) -> Table | Surrogate:
+        """The table (``measurer="table"``) or surrogate (``"surrogate"``) this task answers from,
+        checked against this task.
+
+        Raises:
+            TaskError: missing, corrupt, of the other kind, or measured for other teacher
+                weights, data or fidelity.
+        """
+        from n2n_gym.surrogate import load_surrogate
         from n2n_gym.table import TableError, load_table
 
+        path = self.table_path
         try:
-            table = load_table(self.table_path)
-            table.check_task(self, self.load_teacher().fingerprint)
+            lookup = load_surrogate(path) if self.measurer == "surrogate" else load_table(path)
+            lookup.check_task(self, self.load_teacher().fingerprint)
         except TableError as error:
             raise TaskError(str(error)) from None
-        return table
+        return lookup
 
     def build_measurer(
         self, teacher: Teacher | None = None, data: DatasetSplits | None = None
@@ -637,6 +668,10 @@ class Task:
 
         if self.measurer == "table":
             return TableMeasurer(self.load_table(), self.table_query)
+        if self.measurer == "surrogate":
+            from n2n_gym.surrogate import SurrogateMeasurer
+
+            return SurrogateMeasurer(self.load_lookup(), self.table_query)
         if self.measurer == "proxy":
             info = self.teacher_info
             return ProxyMeasurer(info.spec, teacher_accuracy=info.val_accuracy or 0.99)
@@ -657,7 +692,7 @@ class Task:
         its own cache; it gets a private in-memory one, so that a repeated student is a cache hit
         that costs no simulated time.
         """
-        if self.measurer == "table":
+        if self.measurer in LOOKUPS:
             return MeasurementCache(":memory:")
         if self.cache_path is None or self.measurer != "distill":
             return None

@@ -20,7 +20,7 @@ from gymnasium import spaces
 
 from n2n_gym.arch import DESCRIPTOR_SIZE, StudentDescription, unit_descriptors
 from n2n_gym.evaluation import EvalResult, Evaluator, RewardGate
-from n2n_gym.task import Task, TaskError
+from n2n_gym.task import LOOKUPS, Task, TaskError
 
 if TYPE_CHECKING:
     from n2n_gym.table import TableTarget
@@ -76,7 +76,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     environment of a task.
 
     Args:
-        evaluator: ``"distill"`` / ``"proxy"`` (the task's measurer), or a ready
+        evaluator: ``"distill"`` / ``"table"`` / ``"surrogate"`` / ``"proxy"`` (the task's
+            measurer), or a ready
             :class:`~n2n_gym.evaluation.Evaluator` (a back-end shared by several environments).
         max_units: observation padding.
         render_mode: ``None`` or ``"ansi"``.
@@ -105,7 +106,7 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             task_kwargs.setdefault("measurer", evaluator)
         elif evaluator is not None and not isinstance(evaluator, Evaluator):
             raise EnvConfigError(
-                f"evaluator={evaluator!r}: pass 'distill', 'table', 'proxy' or an n2n_gym Evaluator"
+                f"evaluator={evaluator!r}: pass 'distill', 'table', 'surrogate', 'proxy' or an n2n_gym Evaluator"
             )
         try:
             self.task = Task.from_kwargs(
@@ -140,7 +141,8 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._descriptors = unit_descriptors(self.base.plan().spec)
         self.action_space = self._action_space()
         self._allowed = self._allowed_actions()
-        self._table = self.task.load_table() if self.task.measurer == "table" else None
+        # A table or surrogate: its grid masks the actions, its target scores the student.
+        self._table = self.task.load_lookup() if self.task.measurer in LOOKUPS else None
         if self._table is not None:
             self._allowed &= self._on_grid()
         self._optimum: dict[Any, Any] = {}

@@ -1,0 +1,850 @@
+"""Surrogate benchmarks: a gradient-boosted ensemble that predicts what distillation would measure.
+
+A grid too big to measure (the narrow ResNet's joint space: 3^14 ≈ 4.8 million students) gets a
+surrogate instead of a table, as NAS-Bench-301 did for its 10^18 architectures. It is fit on the
+rows of sampled tables (``python -m n2n_gym.tabulate --sample N`` and ``--students-from RUN``,
+students that searches visited), each measured by the live evaluator:
+
+- **features** of a student: its width ratio per decision unit, plus the exact fractions of the
+  teacher's parameters, FLOPs and units it keeps;
+- **targets**: validation accuracy at each point of the learning curve (the last point is the
+  measurement) and the log of the seconds it cost; parameters and FLOPs are computed exactly,
+  never predicted;
+- **ensemble**: ``members`` LightGBM models per target, each fit on a bootstrap of the training
+  students (taking one random seed's accuracy where a student has several). Their mean is the
+  prediction; their spread, rescaled so that it matches the seed-to-seed noise measured on the
+  repeated students, is the noise model.
+
+:class:`SurrogateMeasurer` answers behind the same :class:`~n2n_gym.measure.Measurer`
+interface as tables and live distillation, so every env, constraint, reward setting and halving
+rung works on it, and ``info["eval_seconds"]`` is the predicted live cost (the simulated clock).
+Per query it returns, like a table, one seed's measurement (``query="seed"``, the default: the
+prediction plus a noise draw fixed per student, as a live search with a fixed evaluation seed
+sees it) or the mean prediction (``"mean"``, charged three seeds' cost, as a table's mean).
+
+The file is gzipped JSON: the models as LightGBM's text format (data, never unpickled), the
+fingerprint of teacher, data split and fidelity of the measurements, and the validation figures.
+A surrogate refuses tasks it was not fit for, as a table does. Fit one with::
+
+    python -m n2n_gym.surrogate fit data/surrogates/narrow_resnet-mnist-joint-sample.json.gz \\
+        data/surrogates/narrow_resnet-mnist-joint-visited.json.gz --out narrow.json.gz
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, StudentPlan
+from n2n_gym.cache import json_digest
+from n2n_gym.grid import Grid
+from n2n_gym.measure import Measurement
+from n2n_gym.reward import RewardConfig
+from n2n_gym.table import (
+    BAND_Z,
+    TOP_SEEDS,
+    RowScorer,
+    Table,
+    TableError,
+    TableMeasurer,
+    TableRow,
+    TableTarget,
+    check_measured_for,
+    load_table,
+    student_key,
+)
+
+if TYPE_CHECKING:
+    from n2n_gym.task import Task
+
+__all__ = [
+    "SHIPPED_SURROGATES",
+    "Surrogate",
+    "SurrogateMeasurer",
+    "fit_surrogate",
+    "load_surrogate",
+    "shipped_surrogate",
+]
+
+logger = logging.getLogger(__name__)
+
+SURROGATE_FORMAT = "n2n-gym-surrogate"
+SURROGATE_VERSION = 1
+SURROGATES_DIR = Path(__file__).parent / "surrogates"
+# (teacher, dataset) -> the surrogate shipped for it.
+SHIPPED_SURROGATES = {
+    ("bundled:narrow_resnet_mnist", "mnist"): "narrow_resnet-mnist-joint.json.gz",
+}
+SECONDS = "log_seconds"
+# How a target is estimated on a space too big to enumerate: predictions for a spread sample,
+# then greedy one-unit moves from the best of them until none improves.
+TARGET_SAMPLE = 4000
+TARGET_STARTS = 8
+LIGHTGBM_PARAMS = {
+    "objective": "regression",
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_data_in_leaf": 10,
+    "feature_fraction": 0.9,
+    "lambda_l2": 1.0,
+    "num_threads": 1,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbosity": -1,
+}
+ROUNDS = 300
+
+
+class SurrogateError(TableError):
+    """A surrogate file that cannot be used (missing, corrupt, another version, other task)."""
+
+
+def _lightgbm():
+    try:
+        import lightgbm
+    except ImportError:
+        raise SurrogateError(
+            "surrogates need LightGBM: pip install 'n2n-gym[surrogate]' (or pip install lightgbm)"
+        ) from None
+    return lightgbm
+
+
+def features(teacher: NetworkSpec, student: StudentDescription, plan: StudentPlan) -> list[float]:
+    """A student as the surrogate sees it: its ratios, then the shares of the teacher's
+    parameters, FLOPs and decision units it keeps (exact, from the architecture)."""
+    spec = plan.spec
+    return [
+        *student.ratios,
+        spec.params / teacher.params,
+        spec.flops / teacher.flops,
+        spec.num_units / teacher.num_units,
+    ]
+
+
+def _noise_draw(key: str) -> float:
+    """A standard normal draw fixed per student: its 'seed 0' deviation from the mean."""
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:16], 16)
+    return random.Random(seed).gauss(0.0, 1.0)
+
+
+@dataclass
+class Surrogate(RowScorer):
+    """A fitted surrogate of one task's measurements (see the module doc).
+
+    Attributes:
+        name: a short name (the file's stem).
+        teacher, teacher_accuracy, teacher_fingerprint, world, task, context, grid: as a
+            :class:`~n2n_gym.table.Table`'s; the grid is the space it answers for.
+        curve_images: the images seen at each learning-curve point (the last: the budget).
+        curve_seconds: each point's share of a measurement's seconds (mean over the training
+            rows), to place the curve's seconds.
+        models: per ensemble member, per target (``"accuracy_0"`` ... and ``"log_seconds"``),
+            LightGBM's text model.
+        noise_scale: the factor from the ensemble's spread to one seed's accuracy noise.
+        validation: held-out figures (see :func:`fit_surrogate`).
+        build: how it was fit (rows, members, seconds, versions).
+        targets: precomputed :meth:`target` s by reward settings (the default's is stored).
+    """
+
+    name: str
+    teacher: NetworkSpec
+    teacher_accuracy: float
+    teacher_fingerprint: str
+    world: str
+    task: dict[str, Any]
+    context: dict[str, Any]
+    grid: Grid
+    curve_images: tuple[int, ...]
+    curve_seconds: tuple[float, ...]
+    models: list[dict[str, str]]
+    noise_scale: float
+    validation: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # A surrogate has no rows to look up by ratios (the env then asks row()).
+    by_ratios: Mapping[tuple[float, ...], TableRow] = field(default_factory=dict, repr=False)
+
+    # ---- predictions ------------------------------------------------------------------------
+    @functools.cached_property
+    def _boosters(self) -> list[dict[str, Any]]:
+        lightgbm = _lightgbm()
+        return [
+            {target: lightgbm.Booster(model_str=text) for target, text in member.items()}
+            for member in self.models
+        ]
+
+    @property
+    def accuracy_targets(self) -> list[str]:
+        return [f"accuracy_{i}" for i in range(len(self.curve_images))]
+
+    def predict(
+        self, rows: np.ndarray, targets: Sequence[str] | None = None
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Ensemble mean and spread (std over members) of each target for a feature matrix."""
+        targets = list(targets or [*self.accuracy_targets, SECONDS])
+        out = {}
+        for target in targets:
+            values = np.stack([member[target].predict(rows) for member in self._boosters])
+            out[target] = (values.mean(axis=0), values.std(axis=0))
+        return out
+
+    def _features(self, students: Sequence[StudentDescription], plans: Sequence[StudentPlan]):
+        return np.array(
+            [features(self.teacher, s, p) for s, p in zip(students, plans, strict=True)],
+            dtype=np.float64,
+        )
+
+    def check_student(self, student: StudentDescription) -> None:
+        if student.teacher.key != self.teacher.key or not self.grid.contains(student.ratios):
+            from n2n_gym.table import OffGridStudent
+
+            raise OffGridStudent(
+                f"student with ratios {list(student.ratios)} is outside surrogate {self.name!r}'s "
+                f"space; it answers for {[list(unit) for unit in self.grid.choices]} per unit"
+            )
+
+    def measurement(
+        self, plan: StudentPlan, student: StudentDescription, query: str = "seed"
+    ) -> Measurement:
+        """The predicted measurement: one seed's (``"seed"``) or the mean (``"mean"``)."""
+        self.check_student(student)
+        predicted = self.predict(self._features([student], [plan]))
+        shift = 0.0
+        if query == "seed":
+            spread = predicted[self.accuracy_targets[-1]][1][0]
+            shift = self.noise_scale * spread * _noise_draw(student_key(plan))
+        seconds = float(math.exp(predicted[SECONDS][0][0]))
+        curve = tuple(
+            (
+                images,
+                seconds * share,
+                float(np.clip(predicted[target][0][0] + shift, 0.0, 1.0)),
+            )
+            for images, share, target in zip(
+                self.curve_images, self.curve_seconds, self.accuracy_targets, strict=True
+            )
+        )
+        if query == "mean":  # as a table's mean: the cost of the seeds behind it
+            seconds *= TOP_SEEDS
+            curve = ()
+        accuracy = float(np.clip(predicted[self.accuracy_targets[-1]][0][0] + shift, 0.0, 1.0))
+        return Measurement(
+            accuracy=accuracy,
+            params=plan.spec.params,
+            flops=plan.spec.flops,
+            seconds=seconds,
+            curve=curve,
+        )
+
+    # ---- the table interface the envs use ---------------------------------------------------
+    def row(self, plan: StudentPlan, student: StudentDescription) -> TableRow:
+        """The student's predicted mean, as a table row (what the env scores a run's worth by)."""
+        return TableRow(student_key(plan), student.ratios, self.measurement(plan, student, "mean"))
+
+    def target(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> TableTarget:
+        """The best predicted reward found on the space and the noise band around it.
+
+        The space cannot be enumerated: the best is searched for (predictions for a spread
+        sample of :data:`TARGET_SAMPLE` students, then greedy one-unit moves from the best
+        :data:`TARGET_STARTS` until none improves), so it is a lower bound of the true best
+        prediction. The band is a table's: ``1.96 · σ · √(2/3)``, with ``σ`` the seed noise of
+        the reward measured on the training data's repeated students near the top.
+        """
+        config = reward_config or RewardConfig()
+        label = json_digest({"config": config.to_dict(), "progress": progress})
+        if label not in self.targets:
+            started = time.perf_counter()
+            self.targets[label] = self._search_target(config, progress)
+            logger.info(
+                "surrogate %s: target under these reward settings found in %.1f s",
+                self.name,
+                time.perf_counter() - started,
+            )
+        found = self.targets[label]
+        student = StudentDescription(self.teacher, tuple(found["ratios"]))
+        plan = student.plan()
+        return TableTarget(
+            reward=found["reward"],
+            row=self.row(plan, student),
+            seeds=TOP_SEEDS,
+            band=BAND_Z * found["noise_std"] * math.sqrt(2 / TOP_SEEDS),
+            noise_std=found["noise_std"],
+            noise_students=self.validation.get("noise", {}).get("students", 0),
+            resolved=True,
+        )
+
+    def optimum(
+        self,
+        reward_config: RewardConfig | None = None,
+        progress: int | None = None,
+        statistic: str = "seed",
+    ) -> tuple[float, TableRow]:
+        """The target's reward and row (a surrogate's best is its best mean prediction)."""
+        target = self.target(reward_config, progress)
+        return target.reward, target.row
+
+    def _search_target(self, config: RewardConfig, progress: int | None) -> dict[str, Any]:
+        final = self.accuracy_targets[-1]
+
+        def scores(students: list[StudentDescription]) -> list[tuple[float, StudentDescription]]:
+            valid = []
+            for student in students:
+                try:
+                    valid.append((student, student.plan()))
+                except InvalidArchitecture:
+                    continue
+            if not valid:
+                return []
+            accuracy = self.predict(
+                self._features([s for s, _ in valid], [p for _, p in valid]), [final]
+            )[final][0]
+            return [
+                (self.reward_of(float(np.clip(a, 0.0, 1.0)), plan, config, progress), student)
+                for a, (student, plan) in zip(accuracy, valid, strict=True)
+            ]
+
+        ranked = sorted(scores(self.grid.sample(TARGET_SAMPLE, seed=1)), key=_by_score)
+        best_reward, best = ranked[-1]
+        for reward, start in ranked[-TARGET_STARTS:]:
+            while True:
+                moves = [
+                    StudentDescription(
+                        self.teacher, (*start.ratios[:unit], choice, *start.ratios[unit + 1 :])
+                    )
+                    for unit, choices in enumerate(self.grid.choices)
+                    for choice in choices
+                    if choice != start.ratios[unit]
+                ]
+                step_reward, step = max(scores(moves), key=_by_score)
+                if step_reward <= reward:
+                    break
+                reward, start = step_reward, step
+            if reward > best_reward:
+                best_reward, best = reward, start
+        return {
+            "reward": best_reward,
+            "ratios": list(best.ratios),
+            "noise_std": self.validation.get("noise", {}).get("reward_std", 0.0),
+        }
+
+    # ---- files ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        models = [dict(sorted(member.items())) for member in self.models]
+        return {
+            "format": SURROGATE_FORMAT,
+            "version": SURROGATE_VERSION,
+            "name": self.name,
+            "teacher": {
+                "spec": self.teacher.to_dict(),
+                "accuracy": self.teacher_accuracy,
+                "fingerprint": self.teacher_fingerprint,
+            },
+            "world": self.world,
+            "task": self.task,
+            "context": self.context,
+            "grid": self.grid.to_dict(),
+            "curve_images": list(self.curve_images),
+            "curve_seconds": list(self.curve_seconds),
+            "noise_scale": self.noise_scale,
+            "validation": self.validation,
+            "build": self.build,
+            "targets": self.targets,
+            "models": models,
+            "sha256": json_digest(models),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the gzipped JSON file atomically (the same surrogate gives the same bytes)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        with open(partial, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
+            out.write(text.encode())
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "surrogate") -> Surrogate:
+        if data.get("format") != SURROGATE_FORMAT:
+            raise SurrogateError(
+                f"{where} is not an n2n-gym surrogate (format {data.get('format')!r})"
+            )
+        if data.get("version") != SURROGATE_VERSION:
+            raise SurrogateError(
+                f"{where} has surrogate version {data.get('version')!r}; this n2n-gym reads "
+                f"version {SURROGATE_VERSION}: fit it again with `python -m n2n_gym.surrogate fit`"
+            )
+        try:
+            if json_digest(data["models"]) != data["sha256"]:
+                raise SurrogateError(f"{where} is corrupt (its models do not match their checksum)")
+            teacher = NetworkSpec.from_dict(data["teacher"]["spec"])
+            return cls(
+                name=data["name"],
+                teacher=teacher,
+                teacher_accuracy=float(data["teacher"]["accuracy"]),
+                teacher_fingerprint=data["teacher"]["fingerprint"],
+                world=data["world"],
+                task=dict(data["task"]),
+                context=dict(data["context"]),
+                grid=Grid.from_dict(teacher, data["grid"]),
+                curve_images=tuple(int(i) for i in data["curve_images"]),
+                curve_seconds=tuple(float(s) for s in data["curve_seconds"]),
+                models=[dict(member) for member in data["models"]],
+                noise_scale=float(data["noise_scale"]),
+                validation=dict(data["validation"]),
+                build=dict(data["build"]),
+                targets=dict(data["targets"]),
+            )
+        except SurrogateError:
+            raise
+        except (KeyError, TypeError, ValueError) as error:
+            raise SurrogateError(
+                f"{where} is malformed ({type(error).__name__}: {error})"
+            ) from None
+
+    def check_task(self, task: Task, teacher_fingerprint: str) -> None:
+        """Refuse a task this surrogate's measurements were not taken for (as a table does)."""
+        check_measured_for(
+            f"surrogate {self.name!r}",
+            (self.teacher_fingerprint, self.world, self.task),
+            task,
+            teacher_fingerprint,
+        )
+
+
+def _by_score(item: tuple[float, StudentDescription]) -> tuple[float, tuple[float, ...]]:
+    return item[0], item[1].ratios
+
+
+class SurrogateMeasurer(TableMeasurer):
+    """Measurements predicted by a surrogate, behind the table measurer's interface.
+
+    Args:
+        surrogate: the fitted surrogate.
+        query: ``"seed"`` (default): the prediction plus a noise draw fixed per student (one
+            seed's measurement); ``"mean"``: the mean prediction, charged three seeds' cost.
+    """
+
+    def __init__(self, surrogate: Surrogate, query: str = "seed") -> None:
+        super().__init__(surrogate, query)  # type: ignore[arg-type]
+
+    def context(self) -> dict[str, Any]:
+        context = {"kind": "surrogate", "surrogate": self.table.name, "world": self.table.world}
+        return context | ({"query": self.query} if self.query != "seed" else {})
+
+    def measure(self, plan: StudentPlan, student: StudentDescription) -> Measurement:
+        return self.table.measurement(plan, student, self.query)
+
+    def curve_fractions(self) -> list[float]:
+        images = self.table.curve_images
+        return [i / images[-1] for i in images[:-1]]
+
+
+def shipped_surrogate(teacher: str, dataset: str) -> Path | None:
+    """The path of the surrogate shipped for a teacher and data set, if there is one."""
+    from n2n_gym.data import canonical_dataset
+
+    name = SHIPPED_SURROGATES.get((teacher, canonical_dataset(dataset)))
+    return SURROGATES_DIR / name if name else None
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, stamp: tuple[int, int]) -> Surrogate:
+    try:
+        with gzip.open(path, "rt") as file:
+            data = json.load(file)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SurrogateError(
+            f"surrogate {path!r} is corrupt or truncated ({type(error).__name__}); fit it again "
+            "with `python -m n2n_gym.surrogate fit`"
+        ) from None
+    if not isinstance(data, dict):
+        raise SurrogateError(f"surrogate {path!r} is not an n2n-gym surrogate")
+    return Surrogate.from_dict(data, where=f"surrogate {path!r}")
+
+
+def load_surrogate(path: str | os.PathLike[str]) -> Surrogate:
+    """Read a surrogate file (cached per process while the file is unchanged).
+
+    Raises:
+        SurrogateError: missing, truncated, corrupt, another version, or LightGBM missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SurrogateError(
+            f"surrogate={str(path)!r}: no such file; fit one with `python -m n2n_gym.surrogate fit`"
+        )
+    _lightgbm()
+    stat = path.stat()
+    return _read(str(path.resolve()), (stat.st_mtime_ns, stat.st_size))
+
+
+# ---- fitting --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Example:
+    student: StudentDescription
+    plan: StudentPlan
+    row: TableRow
+
+
+def _examples(tables: Sequence[Table]) -> list[_Example]:
+    """The measured students of tables of one task (refusing a mix), each once."""
+    first = tables[0]
+    for table in tables[1:]:
+        if (table.world, table.teacher_fingerprint) != (first.world, first.teacher_fingerprint):
+            raise SurrogateError(
+                f"tables {first.name!r} and {table.name!r} were measured for different tasks "
+                "(teacher weights, data split or fidelity): fit on tables of one task"
+            )
+    examples: dict[tuple[float, ...], _Example] = {}
+    for table in tables:
+        for row in table.rows.values():
+            if not row.measurement.ok or not row.measurement.curve:
+                continue
+            student = StudentDescription(table.teacher, row.ratios)
+            examples.setdefault(row.ratios, _Example(student, student.plan(), row))
+    return [examples[k] for k in sorted(examples)]
+
+
+def _split(example: _Example, holdout: float, seed: int) -> str:
+    """``"train"``, or for a ``holdout`` share of the students half ``"calibrate"`` (the noise
+    scale) and half ``"test"`` (the reported figures); fixed per student and seed."""
+    digest = hashlib.sha256(f"{seed}:{example.row.key}".encode()).hexdigest()
+    share = int(digest[:8], 16) / 0xFFFFFFFF
+    return "calibrate" if share < holdout / 2 else "test" if share < holdout else "train"
+
+
+def _targets(example: _Example, rng: random.Random) -> dict[str, float]:
+    """One training example's targets: the curve of its own measurement, and for the final
+    accuracy one of its seeds at random (so the ensemble sees the seed noise)."""
+    m = example.row.measurement
+    values = {f"accuracy_{i}": point[2] for i, point in enumerate(m.curve)}
+    values[f"accuracy_{len(m.curve) - 1}"] = rng.choice(example.row.seed_accuracies)
+    values[SECONDS] = math.log(max(m.seconds or 1e-3, 1e-3))
+    return values
+
+
+def fit_surrogate(
+    tables: Sequence[Table],
+    name: str,
+    *,
+    members: int = 5,
+    holdout: float = 0.2,
+    seed: int = 0,
+    rounds: int = ROUNDS,
+    progress: Callable[[str], None] | None = None,
+) -> Surrogate:
+    """Fit the ensemble on the tables' rows and validate it on held-out students.
+
+    Args:
+        tables: sampled tables of one task (same teacher weights, data split and fidelity).
+        name: the surrogate's name.
+        members: ensemble size.
+        holdout: share of students held out of training: half calibrates the noise scale, half
+            (the test students) gives the validation figures.
+        seed: seeds the split, the bootstraps and LightGBM.
+        rounds: boosting rounds per model.
+        progress: called with a short note as each member is fit.
+
+    Returns:
+        The surrogate, its ``validation`` holding: Kendall τ and Spearman of predicted vs
+        measured (seed-mean) reward on the held-out students, overall and within their top 10 %,
+        the accuracy error, and the predicted vs measured seed noise.
+    """
+    lightgbm = _lightgbm()
+    started = time.perf_counter()
+    examples = _examples(tables)
+    if len(examples) < 20:
+        raise SurrogateError(
+            f"{len(examples)} measured students are too few to fit a surrogate (need 20+)"
+        )
+    reference = tables[0]
+    points = {len(e.row.measurement.curve) for e in examples}
+    if len(points) != 1:
+        raise SurrogateError(f"the tables' learning curves have different lengths {sorted(points)}")
+    curve_images = tuple(int(p[0]) for p in examples[0].row.measurement.curve)
+    curve_seconds = tuple(
+        statistics.fmean(
+            e.row.measurement.curve[i][1] / e.row.measurement.seconds for e in examples
+        )
+        for i in range(len(curve_images))
+    )
+    parts: dict[str, list[_Example]] = {"train": [], "calibrate": [], "test": []}
+    for example in examples:
+        parts[_split(example, holdout, seed)].append(example)
+    train, test = parts["train"], parts["test"]
+    x_train = np.array([features(reference.teacher, e.student, e.plan) for e in train])
+    models = []
+    for member in range(members):
+        rng = random.Random(seed * 1000 + member)
+        picks = [rng.randrange(len(train)) for _ in train]  # a bootstrap of the students
+        rows = x_train[picks]
+        values = [_targets(train[i], rng) for i in picks]
+        fitted = {}
+        for target in values[0]:
+            data = lightgbm.Dataset(rows, label=[v[target] for v in values], free_raw_data=True)
+            params = {**LIGHTGBM_PARAMS, "seed": seed * 1000 + member}
+            booster = lightgbm.train(params, data, num_boost_round=rounds)
+            fitted[target] = booster.model_to_string()
+        models.append(fitted)
+        if progress is not None:
+            progress(f"member {member + 1}/{members} fit")
+    surrogate = Surrogate(
+        name=name,
+        teacher=reference.teacher,
+        teacher_accuracy=reference.teacher_accuracy,
+        teacher_fingerprint=reference.teacher_fingerprint,
+        world=reference.world,
+        task=reference.task,
+        context={"kind": "surrogate-of", "measured": reference.context},
+        grid=reference.grid,
+        curve_images=curve_images,
+        curve_seconds=curve_seconds,
+        models=models,
+        noise_scale=1.0,
+    )
+    surrogate.noise_scale, noise = _calibrate_noise(surrogate, train, parts["calibrate"], test)
+    surrogate.validation = {
+        "train_students": len(train),
+        "calibration_students": len(parts["calibrate"]),
+        "test_students": len(test),
+        **_rank_agreement(surrogate, test),
+        "noise": noise,
+    }
+    surrogate.build = {
+        "tables": [t.name for t in tables],
+        "members": members,
+        "rounds": rounds,
+        "holdout": holdout,
+        "seed": seed,
+        "lightgbm": lightgbm.__version__,
+        "fit_seconds": time.perf_counter() - started,
+        "measured_hours": sum(e.row.measurement.seconds or 0.0 for e in examples) / 3600,
+        "created": time.strftime("%Y-%m-%d"),
+    }
+    default = RewardConfig()
+    surrogate.target(default)  # stored in the file: loading needs no search for the default
+    return surrogate
+
+
+def _predicted_mean_rewards(surrogate: Surrogate, examples: Sequence[_Example]) -> list[float]:
+    final = surrogate.accuracy_targets[-1]
+    x = surrogate._features([e.student for e in examples], [e.plan for e in examples])
+    accuracy = surrogate.predict(x, [final])[final][0]
+    return [
+        surrogate.reward_of(float(np.clip(a, 0.0, 1.0)), e.plan)
+        for a, e in zip(accuracy, examples, strict=True)
+    ]
+
+
+def _rank_agreement(surrogate: Surrogate, test: Sequence[_Example]) -> dict[str, Any]:
+    from scipy.stats import kendalltau, spearmanr
+
+    if len(test) < 10:
+        return {}
+    measured = [surrogate.reward_of(e.row.mean_accuracy, e.plan) for e in test]
+    predicted = _predicted_mean_rewards(surrogate, test)
+    order = sorted(range(len(test)), key=lambda i: measured[i], reverse=True)
+    top = order[: max(5, len(test) // 10)]
+    errors = [abs(p - m) for p, m in zip(predicted, measured, strict=True)]
+    final = surrogate.accuracy_targets[-1]
+    x = surrogate._features([e.student for e in test], [e.plan for e in test])
+    accuracy = surrogate.predict(x, [final])[final][0]
+    return {
+        "kendall_tau": float(kendalltau(predicted, measured).statistic),
+        "spearman": float(spearmanr(predicted, measured).statistic),
+        "top10_students": len(top),
+        "top10_kendall_tau": float(
+            kendalltau([predicted[i] for i in top], [measured[i] for i in top]).statistic
+        ),
+        "top10_spearman": float(
+            spearmanr([predicted[i] for i in top], [measured[i] for i in top]).statistic
+        ),
+        "reward_mae": statistics.fmean(errors),
+        "accuracy_mae": statistics.fmean(
+            abs(float(a) - e.row.mean_accuracy) for a, e in zip(accuracy, test, strict=True)
+        ),
+    }
+
+
+def _pooled_seed_std(values: Sequence[Sequence[float]]) -> tuple[float, int]:
+    squares, dof = 0.0, 0
+    for seeds in values:
+        mean = statistics.fmean(seeds)
+        squares += sum((v - mean) ** 2 for v in seeds)
+        dof += len(seeds) - 1
+    return (math.sqrt(squares / dof) if dof else 0.0), dof
+
+
+def _calibrate_noise(
+    surrogate: Surrogate,
+    train: Sequence[_Example],
+    calibrate: Sequence[_Example],
+    test: Sequence[_Example],
+) -> tuple[float, dict[str, Any]]:
+    """The factor that turns the ensemble's spread into one seed's accuracy noise, and how well
+    it predicts the test students' noise.
+
+    The spread is smaller on students a member was fit on than on new ones, which are what
+    a search asks about; so the factor is measured on held-out students (the calibration
+    split's with several seeds): their pooled seed-to-seed std over their mean spread.
+    """
+    final = surrogate.accuracy_targets[-1]
+
+    def spread(examples: Sequence[_Example]) -> float:
+        if not examples:
+            return 0.0
+        x = surrogate._features([e.student for e in examples], [e.plan for e in examples])
+        return float(np.mean(surrogate.predict(x, [final])[final][1]))
+
+    repeated = [e for e in calibrate if e.row.seeds >= 2]
+    measured, _dof = _pooled_seed_std([e.row.seed_accuracies for e in repeated])
+    raw = spread(repeated)
+    scale = measured / raw if raw > 0 and measured > 0 else 1.0
+    held = [e for e in test if e.row.seeds >= 2]
+    held_measured, held_dof = _pooled_seed_std([e.row.seed_accuracies for e in held])
+    # The reward's seed noise near the top (the band of the target), as a table computes it.
+    everyone = [e for e in (*train, *calibrate) if e.row.seeds >= 2]
+    ranked = sorted(
+        everyone, key=lambda e: surrogate.reward_of(e.row.mean_accuracy, e.plan), reverse=True
+    )
+    top = ranked[: max(10, len(ranked) // 5)]
+    reward_std, _ = _pooled_seed_std(
+        [[surrogate.reward_of(a, e.plan) for a in e.row.seed_accuracies] for e in top]
+    )
+    return scale, {
+        "students": len(repeated),
+        "measured_accuracy_std": measured,
+        "ensemble_spread": raw,
+        "scale": scale,
+        "test_students": len(held),
+        "test_measured_accuracy_std": held_measured if held_dof else None,
+        "test_predicted_accuracy_std": spread(held) * scale if held else None,
+        "reward_std": reward_std,
+    }
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    from n2n_gym.cli import OneLineParser, fail, program
+
+    parser = OneLineParser(
+        prog=program("python -m n2n_gym.surrogate"),
+        description="Fit a surrogate on sampled tables, or report on one.",
+        epilog="examples: python -m n2n_gym.surrogate fit A.json.gz B.json.gz --out S.json.gz | "
+        "python -m n2n_gym.surrogate show S.json.gz",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="fit a surrogate on tables of one task")
+    fit.add_argument("tables", nargs="+", help="table files (tabulate --sample / --students-from)")
+    fit.add_argument("--out", required=True, help="the surrogate file to write (.json.gz)")
+    fit.add_argument("--members", type=int, default=5, help="ensemble size (default: 5)")
+    fit.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share held out of training: half calibrates the noise, half tests (default: 0.2)",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    show = commands.add_parser("show", help="print a surrogate's validation figures")
+    show.add_argument("surrogate", help="the surrogate file")
+    args = parser.parse_args(argv)
+    if args.command == "show":
+        try:
+            surrogate = load_surrogate(args.surrogate)
+        except SurrogateError as error:
+            return fail(str(error))
+        _print_report(surrogate)
+        return 0
+    if args.members < 1:
+        return fail(f"--members={args.members} must be at least 1")
+    if not 0.0 < args.holdout < 1.0:
+        return fail(f"--holdout={args.holdout} must be between 0 and 1")
+    out = Path(args.out)
+    if out.is_dir():
+        return fail(f"--out {out} is a folder; pass a file such as {out / 'surrogate.json.gz'}")
+    try:
+        _lightgbm()
+        tables = [load_table(path) for path in args.tables]
+        surrogate = fit_surrogate(
+            tables,
+            out.name.removesuffix(".gz").removesuffix(".json"),
+            members=args.members,
+            holdout=args.holdout,
+            seed=args.seed,
+            progress=lambda note: print(note, file=sys.stderr),
+        )
+    except TableError as error:
+        return fail(str(error))
+    surrogate.save(out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    _print_report(surrogate)
+    return 0
+
+
+def _print_report(surrogate: Surrogate) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    v, n, b = surrogate.validation, surrogate.validation.get("noise", {}), surrogate.build
+    out = RichTable(title=f"surrogate {surrogate.name}")
+    out.add_column("quantity")
+    out.add_column("value", justify="right")
+    out.add_row("students", f"{v.get('train_students')} to fit, {v.get('test_students')} held out")
+    out.add_row(
+        "fit",
+        f"{b.get('members')} members x {b.get('rounds')} rounds, {b.get('fit_seconds', 0):.0f} s",
+    )
+    for label, key in (("Kendall tau", "kendall_tau"), ("Spearman", "spearman")):
+        if key in v:
+            out.add_row(
+                f"held-out {label} (reward)",
+                f"{v[key]:.3f} overall, {v['top10_' + key]:.3f} within the top 10 % "
+                f"({v['top10_students']} students)",
+            )
+    if "accuracy_mae" in v:
+        out.add_row(
+            "held-out mean |error|",
+            f"accuracy {v['accuracy_mae']:.4f}, reward {v['reward_mae']:.4f}",
+        )
+    if n:
+        held = n.get("test_measured_accuracy_std")
+        out.add_row(
+            "seed noise of accuracy",
+            f"measured {n['measured_accuracy_std']:.4f} ({n['students']} students), ensemble "
+            f"spread {n['ensemble_spread']:.4f} (x{n['scale']:.2f}); held out: measured "
+            + (f"{held:.4f}, predicted {n['test_predicted_accuracy_std']:.4f}" if held else "n/a"),
+        )
+    target = surrogate.target()
+    out.add_row(
+        "target (default reward)",
+        f"{target.reward:.4f} +/- {target.band:.4f}: {list(target.row.ratios)}",
+    )
+    Console(width=200 if not sys.stdout.isatty() else None).print(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
