@@ -24,6 +24,7 @@ from n2n_gym.envs import EnvConfigError
 from n2n_gym.grid import Grid, joint_grid
 from n2n_gym.measure import DistillationMeasurer
 from n2n_gym.reward import RewardConfig, compute_reward
+from n2n_gym.runs import read_evaluations
 from n2n_gym.table import Table, TableError, load_table, shipped_table
 from n2n_gym.task import Task
 from n2n_gym.teachers import small_vgg
@@ -151,6 +152,34 @@ def test_a_rerun_finds_the_table_built_and_a_killed_build_continues(tiny, tmp_pa
     other = [*argv, "--curve-points", "2"]
     assert tabulate.main(other) == 2
     assert "holds another table build" in capsys.readouterr().err
+
+
+@pytest.mark.expensive
+def test_a_sampled_build_measures_only_its_students_and_searches_feed_another(
+    tiny, tmp_path, capsys
+):
+    from n2n_gym.commands import train
+
+    base = [a for a in tiny["argv"] if a not in ("--repeat-fraction", "0.5")][:-4]
+    sample = tmp_path / "sample.json.gz"
+    argv = [*base, "--sample", "3", "--build-dir", str(tmp_path / "s.build"), "--out", str(sample)]
+    assert tabulate.main(argv) == 0
+    full, table = load_table(tiny["out"]), load_table(sample)
+    assert len(table) == 3 and set(table.by_ratios) < set(full.by_ratios)
+    # Another sample in the same folder is another build: refused before anything runs.
+    assert tabulate.main([*argv, "--sample-seed", "7"]) == 2
+    assert "holds another table build" in capsys.readouterr().err
+    # The students a search visited (here a search on the full table) make a table of their own.
+    run = tmp_path / "run"
+    env_kwargs = json.dumps({**tiny["kwargs"], "evaluator": "table", "table": str(tiny["out"])})
+    search = ["--algo", "random", "--budget", "4", "--env", "N2NJoint-v1", "--out", str(run)]
+    assert train.main([*search, "--env-kwargs", env_kwargs]) == 0
+    visited = {tuple(r["student"]["ratios"]) for r in read_evaluations(run)}
+    out = tmp_path / "visited.json.gz"
+    assert tabulate.main([*base, "--students-from", str(run), "--out", str(out)]) == 0
+    assert set(load_table(out).by_ratios) == visited
+    assert tabulate.main([*base, "--students-from", str(tmp_path)]) == 2
+    assert "no evaluations.jsonl there" in capsys.readouterr().err
 
 
 @pytest.mark.expensive
