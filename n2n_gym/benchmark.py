@@ -302,14 +302,15 @@ def anytime_iqm(
 def _iqm(values: np.ndarray) -> float:
     from scipy.stats import trim_mean
 
-    return float(trim_mean(values, 0.25))
+    return float(trim_mean(np.ravel(values), 0.25))
 
 
 def stability(final: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str, Any]:
     """Kendall's τ between the algorithm rankings of two disjoint halves of the seeds.
 
     Args:
-        final: per algorithm, the regret of each run, in the order of ``seeds``.
+        final: per algorithm, the regret of each run, in the order of ``seeds`` (or a
+            ``(seeds, tasks)`` array: a half is then ranked by the IQM over its tasks × seeds).
         seeds: the seeds, ascending; the first half against the second.
 
     Returns:
@@ -475,6 +476,7 @@ def benchmark_report(
                 "regret_ci": [float(v) for v in figures["interval"][algo][:, 0]],
                 "regret_mean": float(finals[b][algo].mean()),
                 "regret_per_seed": [float(v) for v in finals[b][algo]],
+                "seeds": [r.seed for r in members_b],
                 "p_improvement": _pick(figures["improvement"], "point", algo),
                 "p_improvement_ci": _pick(figures["improvement"], "interval", algo, ci=True),
                 "reached_optimum": sum(t is not None for t in reached[1.0]),
@@ -770,7 +772,14 @@ def _plot_final(report: BenchmarkReport, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_profile(final: dict[str, np.ndarray], path: Path, reps: int, seed: int) -> None:
+def _plot_profile(
+    final: dict[str, np.ndarray],
+    path: Path,
+    reps: int,
+    seed: int,
+    xlabel: str = "final regret τ",
+) -> None:
+    """Share of runs (× tasks: ``final`` holds (runs, tasks) arrays) at or below each regret."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -790,7 +799,7 @@ def _plot_profile(final: dict[str, np.ndarray], path: Path, reps: int, seed: int
         style = styles[algo]
         ax.plot(taus, profiles[algo], label=algo, linewidth=1.8, **style)
         ax.fill_between(taus, cis[algo][0], cis[algo][1], color=style["color"], alpha=0.15)
-    ax.set_xlabel("final regret τ")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of runs with regret below τ")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

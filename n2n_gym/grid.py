@@ -51,14 +51,15 @@ class Grid:
         for ratios in itertools.product(*self.choices):
             yield StudentDescription(self.teacher, ratios)
 
-    def sample(self, count: int, seed: int = 0) -> list[StudentDescription]:
+    def sample(self, count: int, seed: int = 0, spread: bool = True) -> list[StudentDescription]:
         """``count`` distinct students spread over the grid (all of them if it has fewer).
 
         Uniform draws crowd the middle of a large grid (most students of 3^14 keep about a third
         of the units at each width), where a surrogate then learns nothing about the extremes
         that searches head for. So every second student is drawn with its own random mix of
         the choices (Dirichlet weights over each unit's choice positions: mostly removed, mostly
-        halved, mostly whole, and everything between), the others uniformly.
+        halved, mostly whole, and everything between), the others uniformly; ``spread=False``
+        draws them all uniformly (what a random search meets).
         """
         if count >= len(self):
             return list(self.students())
@@ -67,7 +68,7 @@ class Grid:
         seen: set[tuple[float, ...]] = set()
         chosen = []
         while len(chosen) < count:
-            if len(chosen) % 2:
+            if spread and len(chosen) % 2:
                 weights = [rng.expovariate(1.0) for _ in range(positions)]  # Dirichlet(1, ...)
             else:
                 weights = [1.0] * positions

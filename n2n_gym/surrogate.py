@@ -291,6 +291,17 @@ class Surrogate(RowScorer):
             resolved=True,
         )
 
+    def reference(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> float:
+        """The median predicted reward of uniformly random students: what a random student is
+        worth, the 1 of a normalised regret (the target is its 0)."""
+        self.target(reward_config, progress)
+        config = reward_config or RewardConfig()
+        return self.targets[json_digest({"config": config.to_dict(), "progress": progress})][
+            "reference"
+        ]
+
     def optimum(
         self,
         reward_config: RewardConfig | None = None,
@@ -339,8 +350,10 @@ class Surrogate(RowScorer):
                 reward, start = step_reward, step
             if reward > best_reward:
                 best_reward, best = reward, start
+        uniform = [reward for reward, _ in scores(self.grid.sample(TARGET_SAMPLE, 2, spread=False))]
         return {
             "reward": best_reward,
+            "reference": statistics.median(uniform),
             "ratios": list(best.ratios),
             "noise_std": self.validation.get("noise", {}).get("reward_std", 0.0),
         }
@@ -377,7 +390,10 @@ class Surrogate(RowScorer):
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-        with open(partial, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
+        with (
+            open(partial, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+        ):
             out.write(text.encode())
         os.replace(partial, path)
         return path

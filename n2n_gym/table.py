@@ -340,7 +340,10 @@ class Table(RowScorer):
         partial = path.with_name(path.name + ".partial")
         text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
         # mtime=0: the same table gives the same bytes.
-        with open(partial, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out:
+        with (
+            open(partial, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+        ):
             out.write(text.encode())
         os.replace(partial, path)
         return path
@@ -439,6 +442,13 @@ class Table(RowScorer):
             noise_students=len(pool),
             resolved=all(self.rows[k].seeds >= TOP_SEEDS for k in top),
         )
+
+    def reference(
+        self, reward_config: RewardConfig | None = None, progress: int | None = None
+    ) -> float:
+        """The median seed-mean reward of the table's students: what a random student is worth,
+        the 1 of a normalised regret (the target is its 0)."""
+        return statistics.median(self.rewards(reward_config, progress, "mean").values())
 
     def optimum(
         self,

@@ -3,6 +3,7 @@
     n2n-gym benchmark                                    # both shipped tables, 20 seeds, 30/100/300
     n2n-gym benchmark --env N2NJoint-Tab-v0 --algos ppo,random --seeds 10 --budgets 50,200
     n2n-gym benchmark --env N2NJoint-v1 --algos reinforce,random --seeds 3 --budget 100   # live
+    n2n-gym benchmark --suite                            # both tables and the surrogate, pooled
 
 (``python evaluate.py --benchmark ...`` is the same command.) Every run that is not finished yet
 runs as an ordinary run directory under ``--out`` (``--workers`` at a time, one torch thread each;
@@ -11,7 +12,9 @@ a killed benchmark continues where it stopped, and a folder is continued only wi
 :mod:`n2n_gym.benchmark` are written into its folder: regret at each budget against the table's
 seed-mean target, IQM with seeded stratified bootstrap intervals, probability of improvement over
 random search, reward-free students per algorithm, the two seed halves' ranking agreement,
-students to reach the optimum, performance profiles and whether each search learns.
+students to reach the optimum, performance profiles and whether each search learns. With
+``--suite`` the environments (by default the tables and the narrow ResNet's surrogate) are also
+pooled into one report of normalised regret over tasks x seeds (:mod:`n2n_gym.suite`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from n2n_gym.runs import (
     read_evaluations,
     resume_conflict,
 )
+from n2n_gym.suite import SUITE_ENVS, check_suite_envs, suite_markdown, suite_report, suite_table
 from n2n_gym.task import TaskError
 
 __all__ = [
@@ -87,9 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's flags (``--budget`` and ``--out`` are the caller's to add)."""
     parser.add_argument(
         "--env",
-        default=",".join(BENCHMARK_ENVS),
+        default=None,
         help=f"comma-separated environments, each reported on its own (default: "
-        f"{','.join(BENCHMARK_ENVS)})",
+        f"{','.join(BENCHMARK_ENVS)}; with --suite: {','.join(SUITE_ENVS)})",
+    )
+    parser.add_argument(
+        "--suite",
+        action="store_true",
+        help="also pool the environments into one suite report (normalised regret over tasks x "
+        "seeds); they must be table or surrogate environments",
     )
     parser.add_argument(
         "--budgets",
@@ -160,6 +170,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                 f"--algos: unknown {', '.join(unknown) or 'empty'}; choose from "
                 f"{', '.join(BENCHMARK_ALGOS)}"
             )
+    if args.env is None:
+        args.env = ",".join(SUITE_ENVS if args.suite else BENCHMARK_ENVS)
     args.envs = [e.strip() for e in args.env.split(",") if e.strip()]
     if not args.envs or len(set(args.envs)) != len(args.envs):
         parser.error(f"--env {args.env!r}: name each environment once, comma-separated")
@@ -179,9 +191,21 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be at least 1")
     if args.budgets[0] < 1:
         parser.error(f"--budgets: {args.budgets[0]} must be at least 1")
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError:
+        env_kwargs = None  # the run checks below say what is wrong with it
+    if args.suite and isinstance(env_kwargs, dict):
+        problem = check_suite_envs(args.envs, env_kwargs)
+        if problem:
+            parser.error(f"--suite: {problem}")
     if args.out is None:
         args.out = Path(
-            "runs/benchmark" if len(args.envs) > 1 else f"runs/benchmark-{args.envs[0]}"
+            "runs/suite"
+            if args.suite
+            else "runs/benchmark"
+            if len(args.envs) > 1
+            else f"runs/benchmark-{args.envs[0]}"
         )
     settings = args.out / BENCHMARK_SETTINGS
     if settings.is_file():
@@ -326,12 +350,14 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> int:
             f"{len(failed)} run(s) failed: {'; '.join(failed)}", style="red", soft_wrap=True
         )
     reported = 0
+    reports = {}
     for env in args.envs:
         done = [j.run_dir for j in jobs if j.env == env and _finished(j.run_dir, j.budget)]
         if not done:
             console.print(f"{env}: no run finished, so there is nothing to report", style="red")
             continue
         report = benchmark_report(load_runs(done), _env_dir(args, env), args.budgets)
+        reports[env] = report
         reported += 1
         if console.is_terminal:
             console.print(benchmark_table(report))
@@ -340,7 +366,31 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> int:
         console.print(f"wrote {', '.join(str(p) for p in report.files.values())}", soft_wrap=True)
     if not reported:
         return fail("no run finished, so there is nothing to report")
+    if args.suite:
+        if len(reports) < len(args.envs):
+            console.print("the suite needs every environment's runs: rerun to finish them")
+            return 1
+        suite = suite_report(reports, _references(args), args.out)
+        if console.is_terminal:
+            console.print(suite_table(suite))
+        else:
+            print(suite_markdown(suite) + "\n")
+        console.print(f"wrote {', '.join(str(p) for p in suite.files.values())}", soft_wrap=True)
     return 1 if failed else 0
+
+
+def _references(args: argparse.Namespace) -> dict[str, float]:
+    """Each environment's reference reward (a random student's worth), under its env kwargs."""
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401 (registers the environments)
+
+    references = {}
+    for env_id in args.envs:
+        env = gym.make(env_id, **json.loads(args.env_kwargs))
+        references[env_id] = env.unwrapped.table_reference()
+        env.close()
+    return references
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,6 +227,16 @@ class CompressionEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             self._optimum["target", key] = self._table.target(*key)
         return self._optimum["target", key]
 
+    def table_reference(self) -> float | None:
+        """What a uniformly random student of the table (surrogate) is worth under the current
+        reward settings, ``None`` off one: the 1 of a normalised regret, the target its 0."""
+        if self._table is None:
+            return None
+        key = self._table_key()
+        if ("reference", key) not in self._optimum:
+            self._optimum["reference", key] = self._table.reference(*key)
+        return self._optimum["reference", key]
+
     def _table_row(self, student: StudentDescription):
         row = self._table.by_ratios.get(student.ratios)
         return row if row is not None else self._table.row(student.plan(), student)
