@@ -85,7 +85,7 @@ def test_the_suite_pools_tasks_of_different_scales_by_normalised_regret(tmp_path
 
 def test_a_task_without_room_above_its_reference_is_refused():
     assert normalised_regret(np.array([0.2, 0.0]), 0.9, 0.5) == pytest.approx([0.5, 0.0])
-    with pytest.raises(ValueError, match="target 0.5000 must lie above its reference 0.6000"):
+    with pytest.raises(ValueError, match=r"target 0\.5000 must lie above its reference 0\.6000"):
         normalised_regret(np.array([0.1]), 0.5, 0.6)
 
 
