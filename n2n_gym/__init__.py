@@ -10,7 +10,9 @@ Importing the package registers the environments (and nothing else, so it stays 
   Fashion-MNIST teacher's table, and ``N2NRemoval-FashionMNIST-v0`` / ... its live twin (the
   images from ``data_dir``).
 - ``N2NRemoval-NarrowResNet-MNIST-v0`` / ``N2NShrink-...`` / ``N2NJoint-...``: the larger bundled
-  MNIST teacher (a 14-block ResNet, 16 decision units), the harder live task.
+  MNIST teacher (a 14-block ResNet, 16 decision units), the harder live task, and
+  ``N2N...-NarrowResNet-MNIST-Sur-v0``: the same answered by the shipped surrogate (a model fit on
+  measured students: its 3^14 joint students are too many to measure).
 - ``N2NRemoval-<Teacher>-<DATA>-v0`` / ``N2NShrink-<Teacher>-<DATA>-v0``: the paper's settings
   (for example ``N2NRemoval-ResNet18-CIFAR10-v0``); they need a trained teacher and the data set.
 """
@@ -71,6 +73,15 @@ _NARROW = {"teacher": "bundled:narrow_resnet_mnist"}
 register(id="N2NRemoval-NarrowResNet-MNIST-v0", entry_point=_REMOVAL, kwargs=_NARROW)
 register(id="N2NShrink-NarrowResNet-MNIST-v0", entry_point=_SHRINK, kwargs=_NARROW)
 register(id="N2NJoint-NarrowResNet-MNIST-v0", entry_point=_JOINT, kwargs=_NARROW)
+# ... answered by its shipped surrogate (n2n_gym/surrogates; needs the [surrogate] extra).
+_SURROGATE = {**_NARROW, "evaluator": "surrogate"}
+register(id="N2NRemoval-NarrowResNet-MNIST-Sur-v0", entry_point=_REMOVAL, kwargs=_SURROGATE)
+register(
+    id="N2NShrink-NarrowResNet-MNIST-Sur-v0",
+    entry_point=_SHRINK,
+    kwargs={**_SURROGATE, "ratios": (0.5, 1.0)},
+)
+register(id="N2NJoint-NarrowResNet-MNIST-Sur-v0", entry_point=_JOINT, kwargs=_SURROGATE)
 
 # The paper's teacher/data pairs. They ship without weights: make() says how to train one.
 _PAPER_SETTINGS = {

@@ -16,9 +16,12 @@ from n2n_gym.envs import EnvConfigError
 from n2n_gym.surgery import build_module
 from n2n_gym.teachers import zoo_spec
 
-# The table ids are checked with the shipped table in test_table.py.
+# The table ids are checked with the shipped table in test_table.py, the surrogate ids with the
+# shipped surrogate in test_surrogate.py.
 N2N_IDS = sorted(
-    env_id for env_id in gym.registry if env_id.startswith("N2N") and "-Tab-" not in env_id
+    env_id
+    for env_id in gym.registry
+    if env_id.startswith("N2N") and "-Tab-" not in env_id and "-Sur-" not in env_id
 )
 DEFAULT_TEACHER_IDS = (
     "N2NRemoval-v0",
