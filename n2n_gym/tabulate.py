@@ -635,6 +635,13 @@ def parse_args(argv: list[str] | None = None):
     )
     parser.add_argument("--table", default=None, help="the table --stats reports on")
     parser.add_argument(
+        "--snapshot",
+        default=None,
+        metavar="PATH",
+        help="write what the build in --build-dir has measured so far as a provisional table "
+        "(marked so in its build record) and exit; the build may keep running",
+    )
+    parser.add_argument(
         "--budget", type=int, default=500, help="random-search budget of --stats (default: 500)"
     )
     return parser.parse_args(argv)
@@ -732,6 +739,18 @@ def main(argv: list[str] | None = None) -> int:
     except (TaskError, ValueError, json.JSONDecodeError) as error:
         return fail(str(error))
     console = Console(stderr=True)
+    if args.snapshot:
+        if not (folder / "manifest.json").is_file():
+            return fail(f"--snapshot: {folder} holds no build yet; pass the --build-dir of one")
+        table = build.assemble(None, partial=True)
+        table = replace(
+            table, build=table.build | {"provisional": f"{len(table)} of {len(build.students)}"}
+        )
+        table.save(args.snapshot)
+        console.print(
+            f"wrote {args.snapshot}: provisional, {len(table)} of {len(build.students)} students"
+        )
+        return 0
     if args.stats:  # a provisional report on a build that may still run
         table = build.assemble(None, partial=True)
         wide = Console(width=200) if not sys.stdout.isatty() else Console()
