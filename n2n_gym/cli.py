@@ -1,4 +1,4 @@
-"""What the command-line scripts share: one-line errors, thread shares, the final-training display.
+"""What the command-line scripts share: one-line errors, thread shares, tables and progress bars.
 
 Library code logs; these helpers are for people at a terminal. Errors go to stderr as one plain
 line — never through rich, which wraps at the terminal width and would break a message (and the
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -22,7 +21,6 @@ __all__ = [
     "cores",
     "fail",
     "field_docs",
-    "finish_with_progress",
     "markdown",
     "program",
     "progress",
@@ -189,24 +187,3 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
-
-
-def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
-    """:func:`~n2n_gym.finalize.finish_run` with a progress bar over epochs; prints the report."""
-    from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
-    from n2n_gym.runs import read_best_student, read_run_task
-
-    # Refuse a folder that is not a finished-enough run before drawing any progress bar.
-    read_run_task(run_dir)
-    if kwargs.get("student") is None:
-        read_best_student(run_dir)
-    epochs = kwargs.get("config", FINAL_TRAINING).epochs
-    with progress(epochs, "final training", "epoch") as bar:
-
-        def on_epoch(entry: dict[str, float]) -> None:
-            bar.update(1)
-            bar.set_postfix(val=f"{entry['val_accuracy']:.4f}", loss=f"{entry['loss']:.4g}")
-
-        report, path = finish_run(run_dir, on_epoch=on_epoch, **kwargs)
-    show_table(console, report_table(report, path))
-    return path

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from n2n_gym.dataset_info import IMAGE_FOLDER, DataError, DatasetInfo
+
 if TYPE_CHECKING:
     from n2n_gym.image_folder import ImageFolderConfig
 
@@ -42,7 +44,6 @@ __all__ = [
     "load_dataset",
 ]
 
-IMAGE_FOLDER = "imagefolder"  # the data set name of a user's folder of images (image_folder.py)
 SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
 
@@ -62,33 +63,6 @@ _UNREADABLE_FILE_ERRORS = (
     AssertionError,
     pickle.UnpicklingError,
 )
-
-
-class DataError(ValueError):
-    """A data problem the user can fix: bad dataset name, missing or unreadable files, bad sizes."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a registered dataset.
-
-    Attributes:
-        name: Registry key, e.g. ``"cifar10"``.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        input_shape: Image shape ``(C, H, W)``.
-        mean: Per-channel mean of the training images in [0, 1] units.
-        std: Per-channel standard deviation of the training images in [0, 1] units.
-        description: One line for people: what it is and where it comes from.
-        train_size: images in the official training split (before the validation hold-out).
-    """
-
-    name: str
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
-    train_size: int
 
 
 DATASETS: dict[str, DatasetInfo] = {

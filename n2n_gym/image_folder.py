@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from n2n_gym.data import IMAGE_FOLDER, DataError, DatasetInfo
+from n2n_gym.dataset_info import IMAGE_FOLDER, DataError, DatasetInfo
 
 logger = logging.getLogger(__name__)
 

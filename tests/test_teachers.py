@@ -18,6 +18,7 @@ from torch import nn
 from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import accuracy
 from n2n_gym.surgery import SpecNetwork, build_module
+from n2n_gym.teachers.cli import main
 from n2n_gym.teachers import (
     BUNDLED_TEACHERS,
     ZOO,
@@ -26,7 +27,6 @@ from n2n_gym.teachers import (
     TeacherInfo,
     inspect_teacher,
     load_teacher,
-    main,
     sidecar_path,
     train_teacher,
     weights_fingerprint,

@@ -52,11 +52,11 @@ from n2n_gym.baselines import (
 from n2n_gym.cli import (
     OneLineParser,
     fail,
-    finish_with_progress,
     markdown,
     progress,
     show_table,
 )
+from n2n_gym.commands.final_training import finish_with_progress
 from n2n_gym.compare import compare_runs, comparison_table
 from n2n_gym.distill import DistillationDiverged
 from n2n_gym.finalize import FINAL_TRAINING

@@ -61,11 +61,11 @@ from n2n_gym.cli import (
     cores,
     fail,
     field_docs,
-    finish_with_progress,
     progress,
     set_threads,
     show_table,
 )
+from n2n_gym.commands.final_training import finish_with_progress
 from n2n_gym.distill import FIDELITY_PRESETS
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv

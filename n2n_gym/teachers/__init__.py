@@ -17,7 +17,6 @@ default seed, which is also the split the teacher was not trained on.
 
 from __future__ import annotations
 
-from n2n_gym.teachers.cli import main
 from n2n_gym.teachers.errors import TeacherError
 from n2n_gym.teachers.loading import (
     Teacher,
@@ -48,7 +47,6 @@ __all__ = [
     "TeacherInfo",
     "inspect_teacher",
     "load_teacher",
-    "main",
     "narrow_resnet",
     "resnet",
     "sidecar_path",
