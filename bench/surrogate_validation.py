@@ -1,0 +1,170 @@
+"""Does the surrogate stand for live distillation? The same searches, live and on the surrogate.
+
+As NAS-Bench-301 validated its surrogate, this script runs random search and a learner
+(``--learner``), ``--seeds`` seeds x ``--budget`` students each, twice through the benchmark
+harness:
+
+1. **live** on ``N2NJoint-NarrowResNet-MNIST-v0`` (real distillation at the surrogate's fidelity,
+   learning curves of 4 points on the CPU, one shared measurement cache);
+2. on its surrogate ``N2NJoint-NarrowResNet-MNIST-Sur-v0``;
+
+then compares their anytime curves — the reward of each run's incumbent (the best reward it saw)
+after 10, 25, 50 and 100 distinct students, IQM over seeds with 95 % bootstrap intervals — and
+whether the two rank the algorithms alike. Its live seeds (1000 on) are not those of the
+searches whose students trained the surrogate (``--students-from`` runs), so the live runs visit
+students the surrogate may never have seen. Results: ``bench/results_surrogate_validation.json``
+and ``docs/benchmark/surrogate/validation.png``.
+
+Resumable: rerun the same command and finished runs are kept::
+
+    python bench/surrogate_validation.py --seeds 3 --budget 100 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from n2n_gym.benchmark import anytime_iqm  # noqa: E402
+from n2n_gym.compare import best_by_student, load_runs  # noqa: E402
+
+LIVE_ENV = "N2NJoint-NarrowResNet-MNIST-v0"
+SURROGATE_ENV = "N2NJoint-NarrowResNet-MNIST-Sur-v0"
+# The surrogate's training measurements: CPU, 4-point learning curves (its fidelity).
+LIVE_KWARGS = {"device": "cpu", "curve_points": 4}
+FIRST_SEED = 1000
+CHECKPOINTS = (10, 25, 50, 100)
+
+
+def search(env: str, out: Path, algos: list[str], args: argparse.Namespace) -> None:
+    kwargs = LIVE_KWARGS | {"cache_path": str(args.out / "live.sqlite")} if env == LIVE_ENV else {}
+    command = [sys.executable, "-m", "n2n_gym.commands.benchmark", "--env", env]
+    command += ["--algos", ",".join(algos), "--seeds", str(args.seeds)]
+    command += ["--first-seed", str(FIRST_SEED), "--budget", str(args.budget)]
+    command += ["--workers", str(args.workers), "--out", str(out)]
+    command += ["--env-kwargs", json.dumps(kwargs)]
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def curves(out: Path, algos: list[str], budget: int) -> dict[str, np.ndarray]:
+    runs = load_runs([out])
+    return {
+        algo: np.nan_to_num(
+            np.array(
+                [best_by_student(r.evaluations, budget) for r in runs if r.algo == algo],
+                dtype=float,
+            )
+        )
+        for algo in algos
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--learner", default="ppo", help="the learner compared (default: ppo)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "surrogate-validation")
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "bench" / "results_surrogate_validation.json"
+    )
+    args = parser.parse_args()
+    algos = ["random", args.learner]
+    checkpoints = [c for c in CHECKPOINTS if c <= args.budget]
+    figures: dict[str, dict] = {}
+    for label, env in (("surrogate", SURROGATE_ENV), ("live", LIVE_ENV)):
+        folder = args.out / label
+        search(env, folder, algos, args)
+        point, interval = anytime_iqm(
+            {
+                a: c[:, [k - 1 for k in checkpoints]]
+                for a, c in curves(folder, algos, args.budget).items()
+            },
+            5000,
+            0,
+        )
+        figures[label] = {
+            a: {
+                "iqm": [float(v) for v in point[a]],
+                "ci": [[float(v) for v in col] for col in interval[a].T],
+            }
+            for a in algos
+        }
+    ranking = {
+        label: [
+            max(algos, key=lambda a: figures[label][a]["iqm"][i]) for i in range(len(checkpoints))
+        ]
+        for label in figures
+    }
+    results = {
+        "envs": {"live": LIVE_ENV, "surrogate": SURROGATE_ENV},
+        "seeds": list(range(FIRST_SEED, FIRST_SEED + args.seeds)),
+        "budget": args.budget,
+        "checkpoints": checkpoints,
+        "incumbent_reward": figures,
+        "leader": ranking,
+        "rankings_agree": [
+            a == b for a, b in zip(ranking["live"], ranking["surrogate"], strict=True)
+        ],
+    }
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title="incumbent reward (IQM over seeds, 95 % CI): live vs surrogate")
+    table.add_column("algorithm / tier")
+    for k in checkpoints:
+        table.add_column(f"@{k}", justify="right")
+    for a in algos:
+        for label in ("live", "surrogate"):
+            f = figures[label][a]
+            table.add_row(
+                f"{a} {label}",
+                *(
+                    f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+                    for v, (lo, hi) in zip(f["iqm"], f["ci"], strict=True)
+                ),
+            )
+    Console().print(table)
+    _plot(results, ROOT / "docs" / "benchmark" / "surrogate" / "validation.png")
+    return 0
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = {"random": "tab:grey"}
+    for algo in results["incumbent_reward"]["live"]:
+        colour = colours.get(algo, "tab:blue")
+        for label, style in (("live", "-"), ("surrogate", "--")):
+            f = results["incumbent_reward"][label][algo]
+            band = np.array(f["ci"])
+            x = results["checkpoints"]
+            ax.plot(x, f["iqm"], style, marker="o", color=colour, label=f"{algo} ({label})")
+            ax.fill_between(x, band[:, 0], band[:, 1], color=colour, alpha=0.1)
+    ax.set_xscale("log")
+    ax.set_xlabel("distinct students")
+    ax.set_ylabel("incumbent reward (IQM over seeds)")
+    ax.set_title("narrow ResNet, joint space: live vs surrogate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
