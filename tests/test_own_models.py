@@ -1,25 +1,18 @@
 """Users' own networks: torchvision and hand-written state dicts load without pickle, give valid
-episodes, name the argument as the caller passed it, and the README's examples run verbatim."""
+episodes, name the argument as the caller passed it (the docs' examples run in test_docs.py)."""
 
 from __future__ import annotations
 
-import json
-import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from torch import nn
 
 import n2n_gym  # noqa: F401 (registers the environments)
 from n2n_gym import tabulate
-from n2n_gym.data import load_dataset
 from n2n_gym.surgery import build_student
 from n2n_gym.task import TaskError
 from n2n_gym.teachers import TeacherError, load_teacher
@@ -163,54 +156,6 @@ def test_errors_name_the_argument_as_each_caller_passed_it(user_package, capsys)
     assert tabulate.main([*command, "--out", str(user_package / "table.json.gz")]) == 2
     assert "--teacher-arch 'user_nets:Nope': cannot import it" in capsys.readouterr().err
     assert not build.exists()
-
-
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"## {title}\n")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
-
-
-def _write_digit_folder(root: Path) -> None:
-    """Four training and one test image of each digit, as PNG files in ImageFolder layout."""
-    data = load_dataset("mnist", train_limit=300)
-    pixels = (data.train_x * 0.3081 + 0.1307).clamp(0, 1).mul(255).round().byte()
-    written: dict[int, int] = {}
-    for i, label in enumerate(data.train_y.tolist()):
-        count = written.get(label, 0)
-        if count < 5:
-            folder = root / ("train" if count < 4 else "test") / str(label)
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels[i, 0].numpy()).save(folder / f"{i}.png")
-            written[label] = count + 1
-
-
-@pytest.mark.expensive
-def test_the_readmes_own_network_examples_run_verbatim(tmp_path):
-    section = _readme_section("Your own network")
-    blocks = re.findall(r"```(python|bash)\n(.*?)```", section, flags=re.S)
-    python = [code for kind, code in blocks if kind == "python"]
-    # The README's quick example; the real run's commands beside it take an hour.
-    (bash,) = [code for kind, code in blocks if kind == "bash" and "runs/my-net" in code]
-    assert len(python) == 5
-    (tmp_path / "my_models.py").write_text(python[1])  # the README says: in my_models.py
-    _write_digit_folder(tmp_path / "digits")  # the folder the image-folder example reads
-    for number, code in enumerate([python[0], python[2], python[3], python[4]]):
-        script = tmp_path / f"example_{number}.py"
-        script.write_text(code)
-        done = subprocess.run(
-            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True
-        )
-        assert done.returncode == 0, code + done.stderr
-    command = " ".join(bash.replace("\\\n", " ").split())
-    command = command.replace(
-        "python train_agent.py", shlex.join([sys.executable, str(ROOT / "train_agent.py")])
-    )
-    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, command + "\n" + done.stderr[-3000:]
-    summary = json.loads((tmp_path / "runs" / "my-net" / "summary.json").read_text())
-    assert summary["distinct_students"] == 4 and summary["best_reward"] > 0
 
 
 def test_the_example_resnet18_loads_by_its_import_path(tmp_path, monkeypatch):

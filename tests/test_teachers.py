@@ -18,7 +18,6 @@ from torch import nn
 from n2n_gym.data import DatasetSplits, load_dataset
 from n2n_gym.distill import accuracy
 from n2n_gym.surgery import SpecNetwork, build_module
-from n2n_gym.teachers.cli import main
 from n2n_gym.teachers import (
     BUNDLED_TEACHERS,
     ZOO,
@@ -32,6 +31,7 @@ from n2n_gym.teachers import (
     weights_fingerprint,
     zoo_spec,
 )
+from n2n_gym.teachers.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "n2n_gym" / "weights"
