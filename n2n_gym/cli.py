@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "fail",
     "field_docs",
     "markdown",
+    "out_folder_problem",
     "program",
     "progress",
     "set_threads",
@@ -187,3 +189,20 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+
+
+def out_folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be an output folder (``None`` if it can): checked before any teacher
+    or data is loaded, so a bad ``--out`` fails in a second, not after the set-up."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "is a file; pass a folder (existing or new)"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so no folder can be made under it; pass another folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == path else str(existing)
+        return f"cannot write in {where} (permission denied); pass a folder you can write"
+    return None

@@ -61,3 +61,28 @@ def test_a_tiny_search_then_a_comparison_piped_keeps_every_column(tmp_path):
     header = next(line for line in compared.stdout.splitlines() if line.startswith("| algo"))
     assert "…" not in compared.stdout and header.count("|") >= 5
     assert (tmp_path / "cmp" / "comparison.json").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--algo", "random"],
+        ["evaluate", "RUN"],
+        ["benchmark", "--algos", "random"],
+    ],
+    ids=["train", "evaluate", "benchmark"],
+)
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(argv, tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    argv = [a if a != "RUN" else str(tmp_path) for a in argv]
+    for out, said in ((file, "is a file"), (file / "below", f"{file} is a file, so no folder")):
+        done = n2n_gym(*argv, "--out", str(out), columns=200)
+        assert done.returncode == 2, done.stderr
+        assert f"--out {out}: {said}" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        done = n2n_gym(*argv, "--out", str(locked / "run"), columns=200)
+        assert done.returncode == 2 and "permission denied" in done.stderr

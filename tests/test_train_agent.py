@@ -258,7 +258,7 @@ def test_a_search_warns_when_other_searches_share_the_cores(tmp_path, capsys):
     finally:
         fake.unlink(missing_ok=True)
     printed = " ".join(capsys.readouterr().out.split())
-    assert "other search(es) run on this machine" in printed and "--threads" in printed
+    assert "other job(s) run on this machine" in printed and "--threads" in printed
 
 
 def test_piped_output_keeps_every_column_and_the_config_names_its_folder(tmp_path):

@@ -44,7 +44,7 @@ from agents import ALGOS, BUDGET_DEPENDENT, PRUNING_SEARCHES
 from agents.controllers import CONTROLLER_KINDS
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.benchmark import benchmark_report, benchmark_table, markdown_table
-from n2n_gym.cli import OneLineParser, fail
+from n2n_gym.cli import OneLineParser, fail, out_folder_problem
 from n2n_gym.commands import train as train_agent
 from n2n_gym.commands.train import run_logged
 from n2n_gym.compare import load_runs
@@ -207,6 +207,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             if len(args.envs) > 1
             else f"runs/benchmark-{args.envs[0]}"
         )
+    if problem := out_folder_problem(args.out):
+        parser.error(f"--out {args.out}: {problem}")
     settings = args.out / BENCHMARK_SETTINGS
     if settings.is_file():
         conflict = resume_conflict(json.loads(settings.read_text()), _benchmark_settings(args))

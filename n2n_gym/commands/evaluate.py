@@ -51,12 +51,16 @@ from n2n_gym.baselines import (
 )
 from n2n_gym.cli import (
     OneLineParser,
+    cores,
     fail,
     markdown,
+    out_folder_problem,
     progress,
+    set_threads,
     show_table,
 )
 from n2n_gym.commands.final_training import finish_with_progress
+from n2n_gym.commands.shared_cores import warn_shared_cores
 from n2n_gym.compare import compare_runs, comparison_table
 from n2n_gym.distill import DistillationDiverged
 from n2n_gym.finalize import FINAL_TRAINING
@@ -101,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="where outputs go (default: the run directory; runs/comparison)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the training (default: every core; on a machine shared "
+        "with other jobs, give each its share, e.g. --threads 1)",
     )
     parser.add_argument(
         "--student",
@@ -158,9 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--only: {error}")
     elif not args.compare and len(args.runs) != 1:
         parser.error("finishing takes one run directory; pass --compare to compare several")
-    for name in ("epochs", "batch_size", "latency_batch"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "latency_batch", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.out is not None and (problem := out_folder_problem(args.out)):
+        parser.error(f"--out {args.out}: {problem}")
     return args
 
 
@@ -260,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
+    if not args.compare:  # finishing and baselines train: share the cores as searches do
+        threads = args.threads or cores()
+        set_threads(threads)
+        warn_shared_cores(console, args.runs[0], threads)
     try:
         if args.baselines:
             return baselines(args, console)

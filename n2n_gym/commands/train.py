@@ -61,11 +61,13 @@ from n2n_gym.cli import (
     cores,
     fail,
     field_docs,
+    out_folder_problem,
     progress,
     set_threads,
     show_table,
 )
 from n2n_gym.commands.final_training import finish_with_progress
+from n2n_gym.commands.shared_cores import warn_shared_cores
 from n2n_gym.distill import FIDELITY_PRESETS
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
@@ -75,7 +77,6 @@ from n2n_gym.runs import (
     CONFIG_FILE,
     CONVERGED_EPISODE_FACTOR,
     RunRecorder,
-    announce_search,
     resume_conflict,
     write_best_weights,
     write_json_atomic,
@@ -373,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
             ns.controller = controller_kind(ns.controller)
         except ValueError as error:
             parser.error(f"--controller: {error}")
+    if ns.out is not None and (problem := out_folder_problem(ns.out)):
+        parser.error(f"--out {ns.out}: {problem}")
     for name in ("budget", "n_envs", "checkpoint_every", "threads"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -889,25 +892,6 @@ def search_task(
     return task, options
 
 
-def _warn_shared_cores(console: Console, run_dir: Path, threads: int) -> None:
-    others = announce_search(run_dir, threads)
-    if not others:
-        return
-    total = cores()
-    used = threads + sum(int(other.get("threads") or 0) for other in others)
-    if used > total:
-        console.print(
-            f"warning: {len(others)} other search(es) run on this machine "
-            f"({', '.join(str(o['pid']) for o in others)}), using {used} threads on {total} "
-            f"cores, so each evaluation is slower; give each search --threads "
-            f'{max(1, total // (len(others) + 1))} (make demo ARGS="--threads '
-            f'{max(1, total // (len(others) + 1))}")',
-            style="yellow",
-            soft_wrap=True,
-            highlight=False,  # no colour inside numbers and paths (a log keeps them clean)
-        )
-
-
 def run_search(args: Args, console: Console) -> int:
     """One search on ``args.env``; returns the exit status."""
     run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
@@ -956,7 +940,7 @@ def run_search(args: Args, console: Console) -> int:
     # The run's own folder, even when it was the default: config.json alone reruns the search.
     config = {**asdict(args), "out": str(run_dir), "task": task.to_dict(), "env_options": options}
     write_json_atomic(run_dir / CONFIG_FILE, config)
-    _warn_shared_cores(console, run_dir, threads)
+    warn_shared_cores(console, run_dir, threads)
     venv.seed(args.seed + recorder.evaluations)
     bar = progress(
         args.budget, f"{args.algo} on {args.env}", "student", initial=recorder.distinct_students
