@@ -1,16 +1,19 @@
-"""Search agents for the N2N environments: trainable policies and proposal searches."""
+"""Search agents for the N2N environments: trainable policies and proposal searches.
+
+The algorithms' names (:mod:`agents.names`) import without torch, so a command line is checked
+before any of it loads; the classes load on first use (``agents.Reinforce``, ``agents.SEARCHES``).
+"""
 
 from __future__ import annotations
 
-from stable_baselines3.common.base_class import BaseAlgorithm
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from agents.episode_search import EpisodeSearch
-from agents.evolution import RegularizedEvolution
 from agents.hyperparams import hyperparams
-from agents.random_search import RandomSearch
-from agents.reinforce import Reinforce
-from agents.sb3 import SB3_ALGOS
-from agents.tpe import TPEHyperbandSearch, TPESearch
+from agents.names import ALGOS, BUDGET_DEPENDENT, PRUNING_SEARCHES, SB3_ALGO_NAMES, SEARCH_NAMES
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
 
 __all__ = [
     "ALGOS",
@@ -28,19 +31,43 @@ __all__ = [
     "reward_free_students",
 ]
 
-# Searches without a trainable policy: they propose students and learn from the rewards directly.
-SEARCHES: dict[str, type[EpisodeSearch]] = {
-    "random": RandomSearch,
-    "evolution": RegularizedEvolution,
-    "tpe": TPESearch,
-    "tpe-hyperband": TPEHyperbandSearch,
+# name -> (module, attribute), imported on first use.
+_LAZY = {
+    "EpisodeSearch": ("agents.episode_search", "EpisodeSearch"),
+    "RandomSearch": ("agents.random_search", "RandomSearch"),
+    "RegularizedEvolution": ("agents.evolution", "RegularizedEvolution"),
+    "Reinforce": ("agents.reinforce", "Reinforce"),
+    "TPESearch": ("agents.tpe", "TPESearch"),
+    "TPEHyperbandSearch": ("agents.tpe", "TPEHyperbandSearch"),
 }
-ALGOS: tuple[str, ...] = ("reinforce", *SB3_ALGOS, *SEARCHES)
-# Searches that decide at the task's successive-halving rungs themselves: they need its halving.
-PRUNING_SEARCHES: tuple[str, ...] = ("tpe-hyperband",)
-# Algorithms whose schedule scales with the budget they are given (DQN's exploration decays over
-# a fraction of its steps): a shorter budget is a run of its own, never a prefix of a longer one.
-BUDGET_DEPENDENT: tuple[str, ...] = ("dqn",)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    if name == "SEARCHES":
+        return _searches()
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")
+
+
+def _searches() -> dict[str, type]:
+    """Searches without a trainable policy: they propose students and learn from the rewards."""
+    from agents.evolution import RegularizedEvolution
+    from agents.random_search import RandomSearch
+    from agents.sb3 import SB3_ALGOS
+    from agents.tpe import TPEHyperbandSearch, TPESearch
+
+    searches = {
+        "random": RandomSearch,
+        "evolution": RegularizedEvolution,
+        "tpe": TPESearch,
+        "tpe-hyperband": TPEHyperbandSearch,
+    }
+    # The names (agents/names.py, importable without torch) must be these classes'.
+    if (tuple(SB3_ALGOS), tuple(searches)) != (SB3_ALGO_NAMES, SEARCH_NAMES):
+        raise ImportError("agents/names.py does not name the algorithms agents/ implements")
+    return searches
 
 
 def reward_free_students(agent: object, episode_length: int) -> int | None:
@@ -50,6 +77,11 @@ def reward_free_students(agent: object, episode_length: int) -> int | None:
     random population, TPE its start-up trials: for that many students every algorithm is random
     search with its own generator, and a budget below it compares nothing.
     """
+    from agents.evolution import RegularizedEvolution
+    from agents.random_search import RandomSearch
+    from agents.reinforce import Reinforce
+    from agents.tpe import TPESearch
+
     if isinstance(agent, RandomSearch):
         return None
     if isinstance(agent, RegularizedEvolution):
@@ -69,6 +101,9 @@ def reward_free_students(agent: object, episode_length: int) -> int | None:
 
 def agent_class(algo: str) -> type[BaseAlgorithm]:
     """The class that trains ``algo``'s policy (the proposal searches have none)."""
+    from agents.reinforce import Reinforce
+    from agents.sb3 import SB3_ALGOS
+
     if algo == "reinforce":
         return Reinforce
     if algo in SB3_ALGOS:

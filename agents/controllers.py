@@ -37,9 +37,7 @@ from torch import nn
 from torch.distributions import Categorical
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-CONTROLLER_KINDS = ("bidirectional", "autoregressive", "encoder-decoder", "actor-critic")
-# The names the paper's two controllers had before there were more; saved agents still use them.
-CONTROLLER_ALIASES = {"removal": "bidirectional", "shrink": "autoregressive"}
+from agents.names import CONTROLLER_ALIASES, CONTROLLER_KINDS, controller_kind  # noqa: F401 (re-exported)
 
 ObsBatch = Mapping[str, torch.Tensor]
 
@@ -371,18 +369,3 @@ def make_controller(
     }
     kind = controller_kind(kind)
     return classes[kind](descriptor_size, n_actions, hidden_size, num_layers, action_values)
-
-
-def controller_kind(name: str) -> str:
-    """The canonical name of a controller (aliases resolved).
-
-    Raises:
-        ValueError: an unknown name, listing the known ones.
-    """
-    name = CONTROLLER_ALIASES.get(name, name)
-    if name not in CONTROLLER_KINDS:
-        raise ValueError(
-            f"controller={name!r}: use one of {', '.join(CONTROLLER_KINDS)} (or the paper's "
-            f"names {', '.join(CONTROLLER_ALIASES)})"
-        )
-    return name

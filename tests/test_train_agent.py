@@ -14,6 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import train_agent
 from agents import PRUNING_SEARCHES, Reinforce
+from n2n_gym.commands.search_loop import make_agent
 from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
 
 PROXY = '{"evaluator": "proxy"}'
@@ -129,8 +130,8 @@ def test_init_policy_starts_from_the_earlier_runs_trained_agent(tmp_path):
     saved = Reinforce.load(first / CHECKPOINT_FILE, device="cpu")
     venv = DummyVecEnv([lambda: gym.make("N2NRemoval-v2", evaluator="proxy")])
     transfer = train_agent.parse_args(["--env-kwargs", PROXY, "--init-policy", str(first)])
-    loaded = train_agent.make_agent(transfer, venv, tmp_path / "second", 9, 0)
-    fresh = train_agent.make_agent(train_agent.parse_args([]), venv, tmp_path / "third", 9, 0)
+    loaded = make_agent(transfer, venv, tmp_path / "second", 9, 0)
+    fresh = make_agent(train_agent.parse_args([]), venv, tmp_path / "third", 9, 0)
     saved_state, loaded_state = saved.policy.state_dict(), loaded.policy.state_dict()
     assert saved_state.keys() == loaded_state.keys()
     assert all(torch.equal(saved_state[k], loaded_state[k]) for k in saved_state)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from n2n_gym.runs import CHECKPOINT_FILE
-
 __all__ = ["PREFIX", "PRETRAINED", "policy_path"]
 
 PREFIX = "pretrained:"
@@ -43,6 +41,8 @@ def policy_path(value: str) -> Path:
             raise ValueError(f"--init-policy {value}: {path} is missing; reinstall n2n-gym")
         return path
     path = Path(value).expanduser()
+    from n2n_gym.runs import CHECKPOINT_FILE  # after parsing: the runs module loads torch
+
     path = path / CHECKPOINT_FILE if path.is_dir() else path
     if not path.is_file():
         raise ValueError(

@@ -26,120 +26,29 @@ import logging
 import math
 import os
 import sys
-import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 from rich.console import Console
-from rich.table import Table
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
-from tqdm import tqdm
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import (
-    ALGOS,
-    PRUNING_SEARCHES,
-    SEARCHES,
-    RandomSearch,
-    Reinforce,
-    agent_class,
-    hyperparams,
-    reward_free_students,
-)
-from agents.controllers import CONTROLLER_KINDS, controller_kind
+from agents.names import ALGOS, CONTROLLER_KINDS, PRUNING_SEARCHES, SEARCH_NAMES, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
-from agents.sb3 import make_sb3_agent
-from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import (
     OneLineParser,
-    cores,
     fail,
     field_docs,
     out_folder_problem,
-    progress,
     set_threads,
-    show_table,
 )
-from n2n_gym.commands.final_training import finish_with_progress
-from n2n_gym.commands.shared_cores import warn_shared_cores
-from n2n_gym.distill import FIDELITY_PRESETS
-from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
-from n2n_gym.envs.vector import ThreadedVecEnv
-from n2n_gym.finalize import FINAL_TRAINING
-from n2n_gym.runs import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    CONVERGED_EPISODE_FACTOR,
-    RunRecorder,
-    resume_conflict,
-    write_best_weights,
-    write_json_atomic,
-)
-from n2n_gym.task import Task, TaskError
+from n2n_gym.commands.search_args import PIPELINE_FILE, STAGES, Args, stage_env
+from n2n_gym.fidelity import FIDELITY_PRESETS
 
-STAGES = ("removal", "shrink", "final")
-# A pipeline's own record at the top of its folder (each stage has its config.json).
-PIPELINE_FILE = "pipeline.json"
-
-
-@dataclass
-class Args:
-    algo: str = "reinforce"
-    """search algorithm: reinforce, an SB3 agent, random, evolution, tpe or tpe-hyperband"""
-    env: str = "N2NRemoval-v2"
-    """registered environment id"""
-    budget: int = 100
-    """distinct students to evaluate (repeats are cache hits and free; see the module doc)"""
-    seed: int = 0
-    """seed of the agent and the environments"""
-    device: str = "auto"
-    """device for distilling students: auto, cpu or cuda (agents' own networks run on the CPU)"""
-    n_envs: int | None = None
-    """parallel environments (default 1); above 1 without evaluation workers they run in
-    subprocesses; with workers the default keeps them all busy (reinforce: its m = 5 rollouts)"""
-    workers: int = 0
-    """evaluation worker processes on this machine; with --ray-address the number of Ray actors
-    (default: one per GPU, or one per CPU slot)"""
-    backend: str = "pool"
-    """what --workers are: pool (processes; fastest on CPU) or threads (one process, one CUDA
-    stream each: several small students in flight on one GPU)"""
-    ray_address: str | None = None
-    """Ray cluster that evaluates students ("local" starts Ray here); default: $RAY_ADDRESS"""
-    ray_data: str = "object_store"
-    """how Ray workers get the teacher and data: object_store (shipped by this process; nodes
-    need only the package) or paths (each reads the task's paths, which every node must have)"""
-    threads: int | None = None
-    """torch CPU threads of this search, shared by its processes (default: every core)"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """extra gymnasium.make keyword arguments"""
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    """the algorithm's hyperparameters over agents/hyperparams.yml"""
-    out: str | None = None
-    """run directory (default runs/<env>-<algo>-<seed>)"""
-    resume: bool = False
-    """continue the run in the run directory from its last checkpoint"""
-    init_policy: str | None = None
-    """start from the agent of an earlier run (its directory or checkpoint): policy transfer"""
-    controller: str | None = None
-    """reinforce's controller: bidirectional, autoregressive, encoder-decoder or actor-critic
-    (default: bidirectional for removal, autoregressive otherwise)"""
-    checkpoint_every: int = 10
-    """save the agent every this many evaluations"""
-    stages: tuple[str, ...] = ()
-    """pipeline stages run one after the other into --out (removal, shrink, final)"""
-    shrink_kwargs: dict[str, Any] = field(default_factory=dict)
-    """pipeline's shrink stage: gymnasium.make arguments that override --env-kwargs there"""
-    final: dict[str, Any] = field(default_factory=dict)
-    """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
-    argv: list[str] = field(default_factory=list)
-    """the command line that made the run (config.json keeps it; --rerun replays it)"""
-
+# Only what parsing needs loads with this module (no torch): a bad flag or --help answers at once.
+# The checks that need a teacher, and the search itself, import the rest when they run.
 
 EXAMPLES = """examples (python train_agent.py takes the same flags):
   n2n-gym train --algo reinforce                       # the paper's search, default teacher
@@ -359,7 +268,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
     _check_hyperparams(parser, ns.algo, agent_settings)
     if ns.init_policy is not None:
-        if ns.algo in SEARCHES:
+        if ns.algo in SEARCH_NAMES:
             parser.error(f"--init-policy starts a trained policy; --algo {ns.algo} has none")
         try:
             policy_path(ns.init_policy)
@@ -393,6 +302,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
                 "--env N2NShrink-v2 (a pipeline passes it between its stages by itself)"
             )
         env_kwargs["start_from"] = ns.start_from
+    from n2n_gym.commands.search_loop import search_task  # the checks below load the task
+    from n2n_gym.finalize import FINAL_TRAINING
+    from n2n_gym.task import TaskError
+
     final = _json_object(parser, "--final-kwargs", ns.final_kwargs)
     try:
         replace(FINAL_TRAINING, **final)
@@ -456,6 +369,8 @@ def _rerun_argv(
     parser: argparse.ArgumentParser, ns: argparse.Namespace, argv: list[str]
 ) -> list[str]:
     """The recorded command line of ``--rerun RUN_DIR``, writing into ``--out``."""
+    from n2n_gym.runs import CONFIG_FILE
+
     extra = [a for a in argv if a.startswith("--") and a.split("=")[0] not in ("--rerun", "--out")]
     if extra:
         parser.error(f"--rerun replays a recorded command; it takes only --out, not {extra[0]}")
@@ -579,6 +494,8 @@ def _compress_constraint(
             "--compress limits the shrink stage (a limit on removal alone forces a poor start): "
             "add --pipeline, or search a shrink or joint environment"
         )
+    from n2n_gym.envs import EnvConfigError, task_for
+
     try:
         task, _ = task_for(ns.env, env_kwargs)
     except EnvConfigError as error:
@@ -613,6 +530,8 @@ def _merge_stage(
 
 def _check_hyperparams(parser: argparse.ArgumentParser, algo: str, settings: dict) -> None:
     """Unknown hyperparameter names fail here, before any folder exists."""
+    from agents import SEARCHES, agent_class
+
     cls = SEARCHES[algo] if algo in SEARCHES else agent_class(algo)
     known = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "policy", "seed"}
     unknown = sorted(set(settings) - known)
@@ -651,182 +570,6 @@ def _parse_stages(
     return stages
 
 
-def stage_env(env_id: str, stage: str) -> str:
-    """The environment of a pipeline stage in the family of ``env_id`` (same teacher and data)."""
-    kind = {"removal": "Removal", "shrink": "Shrink"}[stage]
-    for family in ("Removal", "Shrink"):
-        if env_id.startswith(f"N2N{family}"):
-            return env_id.replace(f"N2N{family}", f"N2N{kind}", 1)
-    raise ValueError(f"--env {env_id!r} is not an N2N removal or shrink environment")
-
-
-class RecordEvaluations(VecEnvWrapper):
-    """Records every finished episode into the run directory, TensorBoard and the progress bar.
-
-    It also tells each environment how many evaluations the whole search has finished before
-    its next one (annealed constraints count policy updates from that), so the schedule does not
-    depend on the number of environments and continues after a resume. The environments of one
-    search step together and their episodes have one length, so environment ``i``'s next
-    evaluation is the search's evaluation ``finished + i``.
-    """
-
-    def __init__(self, venv: VecEnv, recorder: RunRecorder, bar: tqdm, tb_dir: Path) -> None:
-        super().__init__(venv)
-        self.recorder = recorder
-        self.bar = bar
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(tb_dir))
-
-    def _push_progress(self) -> None:
-        for index in range(self.num_envs):
-            self.venv.env_method(
-                "set_search_evaluations", self.recorder.evaluations + index, indices=[index]
-            )
-
-    def reset(self):
-        observations = self.venv.reset()
-        self._push_progress()
-        return observations
-
-    def step_wait(self):
-        obs, rewards, dones, infos = self.venv.step_wait()
-        for index in range(self.num_envs):
-            if not dones[index]:
-                continue
-            info = infos[index]
-            record = self.recorder.record(
-                float(rewards[index]), info, wall_time=info.get("wall_time")
-            )
-            step = record["evaluation"]
-            self.writer.add_scalar("eval/reward", record["reward"], step)
-            self.writer.add_scalar("eval/best_reward", self.recorder.best_reward, step)
-            if record["error"] is None:
-                self.writer.add_scalar("eval/accuracy", record["accuracy"], step)
-                self.writer.add_scalar("eval/params", record["params"], step)
-            if record["new_student"]:
-                self.bar.update(1)
-            self.bar.set_postfix(
-                best=f"{self.recorder.best_reward:.4f}", hits=self.recorder.cache_hits
-            )
-        if dones.any():
-            self._push_progress()
-        return obs, rewards, dones, infos
-
-    def close(self) -> None:
-        self.writer.close()
-        super().close()
-
-
-class BudgetAndCheckpoints(BaseCallback):
-    """Stops the agent at its budget of distinct students (or converged) and checkpoints it."""
-
-    def __init__(self, recorder: RunRecorder, budget: int, every: int, path: Path) -> None:
-        super().__init__()
-        self.recorder, self.budget, self.every, self.path = recorder, budget, every, path
-        self.saved_at = recorder.evaluations
-
-    def _on_step(self) -> bool:
-        if self.recorder.evaluations - self.saved_at >= self.every:
-            self.save()
-        return self.recorder.stop_reason(self.budget) is None
-
-    def save(self) -> None:
-        if not hasattr(self.model, "save"):
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp.zip")
-        self.model.save(temporary)
-        os.replace(temporary, self.path)
-        self.saved_at = self.recorder.evaluations
-
-
-def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, done: int):
-    """The agent for ``args.algo``: fresh, resumed from the run's checkpoint, or from --init-policy."""
-    tb = str(run_dir / "tb")
-    settings = {**hyperparams(args.algo, args.env), **args.hyperparams}
-    if args.algo == "random":
-        return RandomSearch(venv, seed=args.seed + done)
-    if args.algo in SEARCHES:
-        search = SEARCHES[args.algo](venv, seed=args.seed, tensorboard_log=tb, **settings)
-        checkpoint = run_dir / CHECKPOINT_FILE
-        if args.resume and checkpoint.exists():
-            search.restore(checkpoint)
-        return search
-    cls = agent_class(args.algo)
-    source = (
-        run_dir / CHECKPOINT_FILE if args.resume and (run_dir / CHECKPOINT_FILE).exists() else None
-    )
-    if source is None and args.init_policy:
-        source = policy_path(args.init_policy)
-    if source is not None:
-        agent = cls.load(source, env=venv, device="cpu", tensorboard_log=tb)
-        # SB3's load keeps the saved run's seed and leaves the generators as they are, so every
-        # run started from one policy would sample the same students: seed this run's own.
-        agent.seed = args.seed + done
-        agent.set_random_seed(agent.seed)
-        return agent
-    if args.algo == "reinforce":
-        if args.controller:
-            settings["policy_kwargs"] = {
-                **settings.get("policy_kwargs", {}),
-                "controller": args.controller,
-            }
-        return Reinforce("ControllerPolicy", venv, seed=args.seed, tensorboard_log=tb, **settings)
-    return make_sb3_agent(
-        args.algo,
-        venv,
-        episode_length,
-        seed=args.seed,
-        device="cpu",
-        tensorboard_log=tb,
-        env_id=args.env,
-        **args.hyperparams,
-    )
-
-
-def _make_env(env_id: str, env_kwargs: dict[str, Any], threads: int | None = None) -> gym.Env:
-    # The string entry point imports n2n_gym in subprocess workers too.
-    if threads is not None:
-        set_threads(threads)  # this subprocess's share of the search's cores
-    return Monitor(gym.make(f"n2n_gym:{env_id}", **env_kwargs))
-
-
-def make_vec_env(
-    args: Args, task: Task, options: dict[str, Any], threads: int
-) -> tuple[VecEnv, Any]:
-    """The search's environments and the back-end they share (``None`` without workers).
-
-    Without --workers / --ray-address every environment evaluates in its own process (several:
-    SubprocVecEnv, each with its share of ``threads``). With them, one evaluator on the back-end
-    is shared by environments that step in threads, so the episodes that end together have their
-    students evaluated concurrently on the workers. Fills in ``args.n_envs``.
-    """
-    env_kwargs = {**task.to_dict(), **options}
-    if not args.workers and not args.ray_address:
-        args.n_envs = args.n_envs or 1
-        if args.n_envs == 1:
-            return DummyVecEnv([partial(_make_env, args.env, env_kwargs)]), None
-        share = max(1, threads // args.n_envs)
-        return SubprocVecEnv(
-            [partial(_make_env, args.env, env_kwargs, share) for _ in range(args.n_envs)]
-        ), None
-    backend = make_backend(
-        task,
-        workers=args.workers,
-        ray_address=args.ray_address,
-        kind=args.backend,
-        ray_data=args.ray_data,
-    )
-    evaluator = task.build_evaluator(backend)
-    if args.n_envs is None:
-        # REINFORCE's m rollouts end on the same step; SB3 agents get one environment per worker.
-        args.n_envs = EPISODES_PER_UPDATE if args.algo == "reinforce" else backend.num_workers
-    shared = {**env_kwargs, "evaluator": evaluator}
-    env_fns = [partial(_make_env, args.env, shared) for _ in range(args.n_envs)]
-    return ThreadedVecEnv(env_fns, on_close=evaluator.close), backend
-
-
 def run_logged(argv: list[str], log_path: str) -> int:
     """Run one search with everything it prints in ``log_path``; returns its exit status.
 
@@ -853,6 +596,8 @@ def run_logged(argv: list[str], log_path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        from n2n_gym.commands.search_loop import run_pipeline, run_search
+
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         console = Console()
         if args.stages:
@@ -860,228 +605,3 @@ def main(argv: list[str] | None = None) -> int:
         return run_search(args, console)
     except KeyboardInterrupt as error:  # while starting up, or a final training cut short
         return fail(str(error) or "interrupted", 130)
-
-
-def search_task(
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    *,
-    device: str,
-    ray_address: str | None,
-    run_dir: Path | None = None,
-) -> tuple[Task, dict[str, Any]]:
-    """A search's task and env options, checked (the device here unless Ray places it).
-
-    Args:
-        env_id: the environment.
-        env_kwargs: --env-kwargs (they win over --device).
-        device: --device.
-        ray_address: --ray-address; a Ray cluster checks its own devices.
-        run_dir: the run directory, home of the run's cache unless env_kwargs name one.
-
-    Raises:
-        TaskError: a bad --env-kwargs value or --device (one line).
-    """
-    defaults: dict[str, Any] = {"device": device}
-    if run_dir is not None:
-        # A per-run cache: a student the agent proposes again costs nothing the second time.
-        defaults["cache_path"] = str(run_dir / "rewards.sqlite")
-    task, options = task_for(env_id, {**defaults, **env_kwargs})
-    if not ray_address:
-        task.check_device()
-    return task, options
-
-
-def run_search(args: Args, console: Console) -> int:
-    """One search on ``args.env``; returns the exit status."""
-    run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
-    if (run_dir / CONFIG_FILE).exists() and not args.resume:
-        return fail(f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR")
-    if args.resume and (run_dir / CONFIG_FILE).exists():
-        recorded = json.loads((run_dir / CONFIG_FILE).read_text())
-        if args.n_envs is None:  # keep the recorded concurrency, whatever --workers is now
-            args = replace(args, n_envs=recorded.get("n_envs"))
-        conflict = resume_conflict(recorded, {**asdict(args), "out": str(run_dir)})
-        if conflict:
-            return fail(f"{run_dir}: {conflict}")
-    try:
-        task, options = search_task(
-            args.env,
-            args.env_kwargs,
-            device=args.device,
-            ray_address=args.ray_address,
-            run_dir=run_dir,
-        )
-        # Only the episode length is needed: the proxy builds nothing.
-        probe = gym.make(
-            args.env, **task.replace(measurer="proxy", table=None).to_dict(), **options
-        )
-    except (TaskError, EnvConfigError) as error:
-        return fail(f"{args.env}: {error}")
-    episode_length = probe.unwrapped.num_steps
-    probe.close()
-    # Every core by default; workers and subprocess environments divide them.
-    threads = args.threads or cores()
-    set_threads(1 if args.workers or args.ray_address else threads)
-    try:
-        task = task.resolved()  # records the teacher's fingerprint in config.json
-        venv, backend = make_vec_env(args, task, options, threads)
-        if backend is not None:
-            backend.start()  # a worker that cannot start stops the search before any folder
-    except (TaskError, BackendConfigError) as error:
-        return fail(f"cannot start the evaluation workers: {error}")
-    recorder = RunRecorder(run_dir, args.algo, args.seed)
-    done = recorder.stop_reason(args.budget)
-    if done is not None:
-        venv.close()
-        console.print(f"{run_dir} already stopped ({done}) at a budget of {args.budget} students")
-        _print_summary(console, recorder.write_summary(env=args.env, stop_reason=done), run_dir)
-        return 0
-    # The run's own folder, even when it was the default: config.json alone reruns the search.
-    config = {**asdict(args), "out": str(run_dir), "task": task.to_dict(), "env_options": options}
-    write_json_atomic(run_dir / CONFIG_FILE, config)
-    warn_shared_cores(console, run_dir, threads)
-    venv.seed(args.seed + recorder.evaluations)
-    bar = progress(
-        args.budget, f"{args.algo} on {args.env}", "student", initial=recorder.distinct_students
-    )
-    venv = RecordEvaluations(venv, recorder, bar, run_dir / "tb")
-    agent = make_agent(args, venv, run_dir, episode_length, recorder.evaluations)
-    callback = BudgetAndCheckpoints(
-        recorder, args.budget, args.checkpoint_every, run_dir / CHECKPOINT_FILE
-    )
-    # Enough steps to reach the episode cap; the callback stops at the budget or convergence.
-    total_steps = (
-        CONVERGED_EPISODE_FACTOR * args.budget - recorder.evaluations + args.n_envs
-    ) * episode_length
-    start = time.perf_counter()
-    interrupted = lost = False
-    try:
-        agent.learn(total_steps, callback=callback)
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print(
-            "interrupted: everything so far is kept; rerun with --resume to continue",
-            style="yellow",
-            soft_wrap=True,
-        )
-    except WorkersLost as error:
-        interrupted = lost = True
-        console.print(f"error: {error}", style="red", soft_wrap=True)
-    finally:
-        callback.save()
-        bar.close()
-        venv.close()
-    summary = recorder.write_summary(
-        env=args.env,
-        wall_time=time.perf_counter() - start,
-        interrupted=interrupted,
-        stop_reason="interrupted" if interrupted else recorder.stop_reason(args.budget),
-        reward_free_students=reward_free_students(agent, episode_length),
-    )
-    _print_summary(console, summary, run_dir)
-    _save_best_weights(run_dir, task, console)
-    return 1 if lost else 130 if interrupted else 0
-
-
-def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:
-    # A fresh in-process measurer re-creates the best student's trained network (seeded).
-    try:
-        with console.status("saving the best student's weights"):
-            measurer = task.build_measurer()
-            path = write_best_weights(run_dir, measurer)
-    except (TaskError, ValueError) as error:
-        console.print(f"best student's weights not saved here: {error}", soft_wrap=True)
-        return
-    except KeyboardInterrupt:
-        console.print(
-            "best student's weights not saved (its description is); "
-            "`python evaluate.py RUN_DIR` trains it from the description",
-            style="yellow",
-            soft_wrap=True,
-        )
-        return
-    if path is not None:
-        console.print(
-            f"best student saved to {path} (load with n2n_gym.students.load_student)",
-            soft_wrap=True,
-        )
-
-
-def run_pipeline(args: Args, console: Console) -> int:
-    """Removal, then shrinkage of its best student, then final training and the test report."""
-    out = Path(args.out or f"runs/pipeline-{args.algo}-{args.seed}")
-    if args.resume and (out / PIPELINE_FILE).exists():
-        conflict = resume_conflict(
-            json.loads((out / PIPELINE_FILE).read_text()), {**asdict(args), "out": str(out)}
-        )
-        if conflict:
-            return fail(f"{out}: {conflict}")
-    previous: Path | None = None
-    for number, stage in enumerate(args.stages, 1):
-        if stage == "final":
-            if previous is None:
-                return fail("--stages final needs a search stage before it")
-            console.rule(f"stage {number}: final training of the best student")
-            config = replace(FINAL_TRAINING, **args.final)
-            finish_with_progress(previous, console, config=config, device=args.device, out_dir=out)
-            continue
-        env_id = stage_env(args.env, stage)
-        env_kwargs = dict(args.env_kwargs)
-        if stage == "shrink":
-            env_kwargs.update(args.shrink_kwargs)
-            if previous is not None:
-                env_kwargs["start_from"] = str(previous)
-        console.rule(f"stage {number}: {stage} search on {env_id}")
-        stage_args = replace(
-            args, env=env_id, env_kwargs=env_kwargs, out=str(out / f"{number}-{stage}"), stages=()
-        )
-        status = run_search(stage_args, console)
-        if status != 0:
-            return status
-        # Written once a stage has run (a start that fails leaves no folder): --rerun reads it.
-        write_json_atomic(out / PIPELINE_FILE, {**asdict(args), "out": str(out)})
-        previous = Path(stage_args.out)
-    return 0
-
-
-def _percent(fraction: float | None) -> float | None:
-    return None if fraction is None else 100 * fraction
-
-
-def _fmt(value: float | None, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def _print_summary(console: Console, summary: dict[str, Any], run_dir: Path) -> None:
-    table = Table(
-        title=f"best student of {summary['algo']} ({run_dir})",
-        caption=f"The student's accuracy is after the search's short distillation. Next: "
-        f"`n2n-gym evaluate {run_dir}` trains it fully and reports test accuracy; every "
-        f"evaluation is in {run_dir / 'evaluations.jsonl'}, the totals in {run_dir / 'summary.json'}.",
-    )
-    for column in ("", "teacher", "best student"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        "validation accuracy",
-        _fmt(_percent(summary["teacher_accuracy"]), "{:.2f} %"),
-        _fmt(_percent(summary["best_accuracy"]), "{:.2f} %"),
-    )
-    table.add_row(
-        "parameters", _fmt(summary["teacher_params"], "{:,}"), _fmt(summary["best_params"], "{:,}")
-    )
-    table.add_row("compression", "1x", _fmt(summary["best_compression"], "{:.2f}x"))
-    table.add_row("reward", "", _fmt(summary["best_reward"], "{:.4f}"))
-    table.add_row(
-        "students",
-        "",
-        f"{summary['distinct_students']} distinct in {summary['evaluations']} episodes "
-        f"({summary['cache_hits']} cache hits)",
-    )
-    if summary.get("stop_reason") == "converged":
-        table.add_row("stopped", "", "converged (no new students)")
-    show_table(console, table)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
