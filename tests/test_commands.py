@@ -86,3 +86,20 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_work(argv, tmp_pa
         locked.mkdir(mode=0o555)
         done = n2n_gym(*argv, "--out", str(locked / "run"), columns=200)
         assert done.returncode == 2 and "permission denied" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "--bogus"]])
+def test_a_usage_error_or_help_answers_before_torch_loads(argv):
+    """Parsing imports names only: torch (seconds to import on a busy machine) loads later."""
+    probe = (
+        "import sys\n"
+        "from n2n_gym.commands import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "torch not loaded" in done.stdout, done.stdout + done.stderr
+    assert ("exit 0" if "--help" in argv else "exit 2") in done.stdout
