@@ -117,6 +117,7 @@ class _LogLines:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self._start = self._last = self._clock()
         self._first, self._every, self._postfix = initial, every, ""
+        self._shown: tuple[int, str] | None = None  # the last line's count and postfix
 
     def update(self, count: int = 1) -> None:
         self.n += count
@@ -127,7 +128,8 @@ class _LogLines:
         self._postfix = ", ".join(f"{key}={value}" for key, value in values.items())
 
     def close(self) -> None:
-        self._line()
+        if self._shown != (self.n, self._postfix):  # the last line may already say it all
+            self._line()
 
     def _line(self) -> None:
         self._last = now = self._clock()
@@ -138,6 +140,7 @@ class _LogLines:
         text += f", about {duration(eta)} left" if eta is not None else ""
         text += f" ({self._postfix})" if self._postfix else ""
         print(text, file=sys.stderr, flush=True)
+        self._shown = (self.n, self._postfix)
 
     def __enter__(self) -> _LogLines:
         return self

@@ -103,3 +103,19 @@ def test_a_usage_error_or_help_answers_before_torch_loads(argv):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert "torch not loaded" in done.stdout, done.stdout + done.stderr
     assert ("exit 0" if "--help" in argv else "exit 2") in done.stdout
+
+
+def test_progress_in_a_log_is_plain_lines_without_a_repeated_last_line(capsys):
+    from n2n_gym.cli import progress
+
+    with progress(3, "final training", "epoch", every=0.0) as bar:  # stderr is not a terminal
+        for epoch in range(3):
+            bar.set_postfix(val=f"0.9{epoch}")
+            bar.update(1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "final training: 1/3 epochs",
+        "final training: 2/3 epochs",
+        "final training: 3/3 epochs",
+    ]
+    assert "\r" not in "".join(lines) and "val=0.92" in lines[-1]

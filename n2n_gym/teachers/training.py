@@ -160,7 +160,7 @@ def train_teacher(
             :func:`~n2n_gym.data.default_val_size`, as the environments' default.
         train_limit: train on at most this many images (quick experiments, tests).
         resume: continue from the checkpoint at ``out`` if one exists; its settings must match.
-        progress: show a tqdm progress bar per epoch.
+        progress: show progress per epoch (a bar on a terminal, a line every 30 s elsewhere).
         image_folder: for ``dataset="imagefolder"``: image size, channels and normalisation
             (see :func:`n2n_gym.data.load_dataset`); the normalisation is recorded in the
             checkpoint, where searches on the folder find it.
@@ -175,7 +175,7 @@ def train_teacher(
             from that was written with different settings.
         DataError: the data set cannot be loaded.
     """
-    from tqdm.auto import tqdm  # imported here: loading teachers needs no progress bars
+    from n2n_gym.cli import progress as progress_bar
 
     _check_arch(arch)
     _check_hyperparameters(epochs, batch_size, lr, weight_decay, label_smoothing)
@@ -283,14 +283,13 @@ def train_teacher(
         loss_sum = torch.zeros((), device=run_device)
         correct = torch.zeros((), dtype=torch.int64, device=run_device)
         seen = 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            unit="batch",
-            disable=not progress,
-            dynamic_ncols=True,
+        # A bar on a terminal, a plain line every 30 s in a log or a pipe.
+        bar = (
+            progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", "batch")
+            if progress
+            else None
         )
-        for step in bar:
+        for step in range(steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(epoch * steps_per_epoch + step, total_steps, lr)
             index = order[step * batch_size : (step + 1) * batch_size]
@@ -306,11 +305,14 @@ def train_teacher(
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             # Reading values back stalls a CUDA stream: refresh the bar only now and then.
-            if progress and (step % 20 == 0 or step == steps_per_epoch - 1):
-                bar.set_postfix(
-                    loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}"
-                )
-        bar.close()
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0 or step == steps_per_epoch - 1:
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}"
+                    )
+        if bar is not None:
+            bar.close()
         if not math.isfinite(loss_sum.item()):
             raise TeacherError(
                 f"training {arch} diverged (loss is {loss_sum.item()}) in epoch {epoch + 1}; "
