@@ -19,8 +19,9 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) train_agent.py --algo reinforce --out runs/demo --resume $(ARGS)
 
+# Two test processes (one core each); `-p no:xdist` runs them in one.
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -19,6 +19,15 @@ from n2n_gym.measure import ProxyMeasurer
 from n2n_gym.table import Table, TableRow, student_key, world_fingerprint
 from n2n_gym.task import Task
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each test process gets one core's share: torch's default (every core) in each of them
+    # would oversubscribe the machine several times over.
+    import torch
+
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
+
 
 def build_proxy_table(path: Path) -> Table:
     task = Task()
