@@ -176,7 +176,8 @@ def test_a_sampled_build_measures_only_its_students_and_searches_feed_another(
     assert train.main([*search, "--env-kwargs", env_kwargs]) == 0
     visited = {tuple(r["student"]["ratios"]) for r in read_evaluations(run)}
     out = tmp_path / "visited.json.gz"
-    assert tabulate.main([*base, "--students-from", str(run), "--out", str(out)]) == 0
+    visit = [*base, "--students-from", str(run), "--build-dir", str(tmp_path / "v.build")]
+    assert tabulate.main([*visit, "--out", str(out)]) == 0
     assert set(load_table(out).by_ratios) == visited
     assert tabulate.main([*base, "--students-from", str(tmp_path)]) == 2
     assert "no evaluations.jsonl there" in capsys.readouterr().err

@@ -212,6 +212,8 @@ def greedy_student(run_dir: Path) -> StudentDescription:
 
 def finish(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.runs[0]
+    read_run_task(run_dir)  # refuses a folder that is not a run before anything else
+    warn_shared_cores(console, run_dir, args.threads or cores())
     student = greedy_student(run_dir) if args.student == "policy" else None
     config = dataclasses.replace(
         FINAL_TRAINING,
@@ -237,6 +239,7 @@ def baselines(args: argparse.Namespace, console: Console) -> int:
     """Train each baseline with the finished student's settings, then print the comparison."""
 
     source = read_baseline_source(args.runs[0])  # refuses a wrong folder before any work
+    warn_shared_cores(console, source.folder, args.threads or cores())
     total = source.config.epochs * len(args.only)
     with progress(total, "baselines", "epoch") as bar:
 
@@ -274,9 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     if not args.compare:  # finishing and baselines train: share the cores as searches do
-        threads = args.threads or cores()
-        set_threads(threads)
-        warn_shared_cores(console, args.runs[0], threads)
+        set_threads(args.threads or cores())
     try:
         if args.baselines:
             return baselines(args, console)
