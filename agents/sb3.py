@@ -32,6 +32,8 @@ def sb3_defaults(
     """
     if algo in ("dqn", "qrdqn"):  # off-policy: no rollouts
         return {"gamma": 1.0}
+    if algo == "ars":  # no discount, no rollout buffer: each perturbation plays whole episodes
+        return {}
     rollout_episodes = max(1, -(-episodes_per_update // n_envs))  # ceil: about m per update
     n_steps = episode_length * rollout_episodes
     kwargs: dict[str, Any] = {"gamma": 1.0, "n_steps": n_steps}

@@ -19,16 +19,19 @@ def test_every_id_has_rl_zoo_hyperparameters_from_the_one_file(zoo_algo):
     assert set(table) == set(n2n_ids()) and "N2NRemoval-v2" in table
     algo, policy = ZOO_ALGOS[zoo_algo]
     for env_id, entry in table.items():
-        assert entry["policy"] == policy and entry["gamma"] == 1.0
-        assert entry["n_timesteps"] > 0
+        assert entry["policy"] == policy and entry["n_timesteps"] > 0
+        # undiscounted, as the paper's terminal reward is (ARS has no discount)
+        assert entry.get("gamma", 1.0) == 1.0 and ("gamma" in entry) != (zoo_algo == "ars")
         for key, value in hyperparams(algo, env_id).items():
             assert entry[key] == (list(value) if isinstance(value, tuple) else value), key
+    if zoo_algo == "ars":  # its policies need a flat observation
+        assert entry["env_wrapper"] == "gymnasium.wrappers.FlattenObservation"
     if zoo_algo in ("ppo", "a2c", "trpo", "ppo_lstm"):  # rollouts of whole episodes
         assert table["N2NRemoval-v2"]["n_steps"] % 9 == 0  # 9 units in the bundled teacher
 
 
 @pytest.mark.expensive
-@pytest.mark.parametrize("zoo_algo", ["ppo", "ppo_lstm", "qrdqn"])
+@pytest.mark.parametrize("zoo_algo", ["ppo", "ppo_lstm", "qrdqn", "ars"])
 def test_rl_zoo_trains_on_an_n2n_id(zoo_algo, tmp_path):
     # the README's command, on the cheap evaluator and for 10 episodes
     command = [sys.executable, "-m", "rl_zoo3.train", "--algo", zoo_algo, "--env", "N2NRemoval-v2"]

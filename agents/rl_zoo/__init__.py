@@ -9,8 +9,8 @@ RL Zoo reads a Python package's ``hyperparams`` dict, one entry per environment 
 Every registered N2N id gets the entry that ``train_agent.py`` would use: the file's settings
 for that algorithm and id, plus what follows from the terminal reward (``gamma=1``, rollouts of
 whole episodes, see :func:`agents.sb3.sb3_defaults`), ``MultiInputPolicy`` for the ``Dict``
-observation (``MultiInputLstmPolicy`` for ``ppo_lstm``) and ``n_timesteps`` for
-:data:`EPISODES` episodes.
+observation (``MultiInputLstmPolicy`` for ``ppo_lstm``; ``ars`` flattens it with RL Zoo's
+``env_wrapper`` and takes ``MlpPolicy``) and ``n_timesteps`` for :data:`EPISODES` episodes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ ZOO_ALGOS: dict[str, tuple[str, str]] = {
     "ppo_lstm": ("recurrent_ppo", "MultiInputLstmPolicy"),
     "trpo": ("trpo", "MultiInputPolicy"),
     "qrdqn": ("qrdqn", "MultiInputPolicy"),
+    # ARS's policies take a flat vector: the Dict observation is flattened by a wrapper.
+    "ars": ("ars", "MlpPolicy"),
 }
+# RL Zoo's env_wrapper per algorithm (the others take the Dict observation as it is).
+ZOO_WRAPPERS: dict[str, str] = {"ars": "gymnasium.wrappers.FlattenObservation"}
 EPISODES = 200  # about train_agent.py's default budget of 100 distinct students, with repeats
 
 
@@ -66,4 +70,6 @@ def zoo_hyperparams(zoo_algo: str) -> dict[str, dict[str, Any]]:
         # YAML and RL Zoo's saved config want lists; RL Zoo turns train_freq back into a tuple
         entry = {k: list(v) if isinstance(v, tuple) else v for k, v in entry.items()}
         table[env_id] = {"policy": policy, "n_timesteps": length * EPISODES, **entry}
+        if zoo_algo in ZOO_WRAPPERS:
+            table[env_id]["env_wrapper"] = ZOO_WRAPPERS[zoo_algo]
     return table
