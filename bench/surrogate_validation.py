@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from n2n_gym.benchmark import anytime_iqm  # noqa: E402
-from n2n_gym.compare import best_by_student, load_runs  # noqa: E402
+from n2n_gym.compare import load_runs  # noqa: E402
+from n2n_gym.runs import incumbent_worth  # noqa: E402
 
 LIVE_ENV = "N2NJoint-NarrowResNet-MNIST-v0"
 SURROGATE_ENV = "N2NJoint-NarrowResNet-MNIST-Sur-v0"
@@ -61,7 +62,7 @@ def curves(out: Path, algos: list[str], budget: int) -> dict[str, np.ndarray]:
     return {
         algo: np.nan_to_num(
             np.array(
-                [best_by_student(r.evaluations, budget) for r in runs if r.algo == algo],
+                [incumbent_worth(r.evaluations, budget) for r in runs if r.algo == algo],
                 dtype=float,
             )
         )

@@ -36,8 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from agents.pretrained import PRETRAINED  # noqa: E402
 from n2n_gym.benchmark import anytime_iqm  # noqa: E402
-from n2n_gym.compare import best_by_student, load_runs  # noqa: E402
-from n2n_gym.runs import CHECKPOINT_FILE  # noqa: E402
+from n2n_gym.compare import load_runs  # noqa: E402
+from n2n_gym.runs import (  # noqa: E402
+    CHECKPOINT_FILE,
+    incumbent_worth,
+)
 
 SOURCE_ENV = "N2NRemoval-Tab-v0"
 TARGET_ENV = "N2NRemoval-NarrowResNet-MNIST-v0"
@@ -70,7 +73,7 @@ def report(out: Path, checkpoints: tuple[int, ...]) -> dict:
     budget = max(checkpoints)
     curves = {
         algo: np.array(
-            [best_by_student(r.evaluations, budget) for r in runs if r.algo == algo], dtype=float
+            [incumbent_worth(r.evaluations, budget) for r in runs if r.algo == algo], dtype=float
         )
         for algo in ALGOS
     }

@@ -54,7 +54,7 @@ import numpy as np
 
 from n2n_gym.atomic import atomic_write, write_json_atomic
 from n2n_gym.compare import Run
-from n2n_gym.runs import distinct_counts, full_fidelity
+from n2n_gym.runs import distinct_counts, full_fidelity, incumbent_worth
 
 logger = logging.getLogger(__name__)
 
@@ -130,30 +130,6 @@ def _target_of(runs: Sequence[Run]) -> Target:
         return Target(float(max(recorded)), kind="table-optimum")
     best = max((r["reward"] for r in records if full_fidelity(r)), default=0.0)
     return Target(float(best), kind="best-found")
-
-
-def incumbent_worth(
-    records: list[dict[str, Any]], budget: int, worth: str | None = None
-) -> np.ndarray:
-    """The worth of the run's incumbent after 1 … ``budget`` distinct students.
-
-    The incumbent is the student with the best reward the search saw (the first of equals); its
-    worth is the record's ``worth`` field (a table's seed-mean reward) or, without one, that
-    reward. NaN before the first success; a run that stopped short keeps its last incumbent.
-    """
-    curve: list[float] = []
-    seen, value = -math.inf, math.nan
-    for record, count in zip(records, distinct_counts(records), strict=True):
-        if full_fidelity(record) and record["reward"] > seen:
-            seen = record["reward"]
-            value = float(record[worth] if worth and record.get(worth) is not None else seen)
-        if count > len(curve):
-            curve.append(value)
-        else:
-            curve[-1] = value  # a repeat: the same student count, maybe a better (noisier) reward
-        if len(curve) == budget:
-            break
-    return np.array(curve + [value] * (budget - len(curve)), dtype=float)
 
 
 def regret_curve(records: list[dict[str, Any]], budget: int, target: Target | float) -> np.ndarray:

@@ -43,6 +43,7 @@ from n2n_gym.runs import (
     SUMMARY_FILE,
     distinct_counts,
     full_fidelity,
+    incumbent_worth,
     read_evaluations,
     within_budget,
 )
@@ -246,24 +247,6 @@ def _best_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def best_by_student(records: list[dict[str, Any]], budget: int) -> list[float]:
-    """Best successful reward after 1 … ``budget`` distinct students; NaN until the first success.
-
-    A run that stopped short (converged) keeps its last best for the students it did not spend.
-    """
-    curve, best = [], math.nan
-    for record, count in zip(records, distinct_counts(records), strict=True):
-        if full_fidelity(record) and (math.isnan(best) or record["reward"] > best):
-            best = record["reward"]
-        if count > len(curve):
-            curve.append(best)
-        else:
-            curve[-1] = best  # a repeat: the same student count, maybe a better (noisier) reward
-        if len(curve) == budget:
-            break
-    return curve + [best] * (budget - len(curve))
-
-
 def _evaluations_to_reach(records: list[dict[str, Any]], target: float) -> int | None:
     """Distinct students evaluated when a record first reached ``target``."""
     for record, count in zip(records, distinct_counts(records), strict=True):
@@ -430,7 +413,7 @@ def _plot_best_reward(runs: Sequence[Run], budget: int, path: Path) -> None:
         for (group_env, algo), members in _groups(runs).items():
             if group_env != env:
                 continue
-            curves = np.array([best_by_student(run.evaluations, budget) for run in members])
+            curves = np.array([incumbent_worth(run.evaluations, budget) for run in members])
             steps = np.arange(1, budget + 1)
             # The mean starts once every seed has a student (a mean over a changing subset of
             # seeds could fall); the band covers whichever seeds have one.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from n2n_gym.arch import StudentDescription
 from n2n_gym.atomic import json_line, write_json_atomic
 from n2n_gym.measure import EXPECTED_ERRORS, DistillationMeasurer, Measurer
@@ -209,6 +211,30 @@ def distinct_counts(records: list[dict[str, Any]]) -> list[int]:
         seen.add(student_id(record))
         counts.append(len(seen))
     return counts
+
+
+def incumbent_worth(
+    records: list[dict[str, Any]], budget: int, worth: str | None = None
+) -> np.ndarray:
+    """The worth of the run's incumbent after 1 … ``budget`` distinct students.
+
+    The incumbent is the student with the best reward the search saw (the first of equals); its
+    worth is the record's ``worth`` field (a table's seed-mean reward) or, without one, that
+    reward. NaN before the first success; a run that stopped short keeps its last incumbent.
+    """
+    curve: list[float] = []
+    seen, value = -math.inf, math.nan
+    for record, count in zip(records, distinct_counts(records), strict=True):
+        if full_fidelity(record) and record["reward"] > seen:
+            seen = record["reward"]
+            value = float(record[worth] if worth and record.get(worth) is not None else seen)
+        if count > len(curve):
+            curve.append(value)
+        else:
+            curve[-1] = value  # a repeat: the same student count, maybe a better (noisier) reward
+        if len(curve) == budget:
+            break
+    return np.array(curve + [value] * (budget - len(curve)), dtype=float)
 
 
 def within_budget(records: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:

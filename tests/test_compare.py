@@ -15,13 +15,12 @@ from n2n_gym.atomic import write_json_atomic
 from n2n_gym.compare import (
     ROW_FIELDS,
     _pareto_front,
-    best_by_student,
     compare_runs,
     comparison_rows,
     comparison_table,
     load_runs,
 )
-from n2n_gym.runs import CONFIG_FILE, CONVERGED_AFTER, RunRecorder
+from n2n_gym.runs import CONFIG_FILE, CONVERGED_AFTER, RunRecorder, incumbent_worth
 
 ENV = "N2NRemoval-v2"
 TEACHER_PARAMS = 100_000
@@ -181,7 +180,7 @@ def test_the_budget_counts_distinct_students_and_repeats_are_free(tmp_path):
     assert comparison.budget == 2  # the smallest run has 2 distinct students
     # Within 2 students seed 0 reaches 0.9 (its 4th episode), seed 1 only 0.3.
     assert row["best_reward_mean"] == pytest.approx((0.9 + 0.3) / 2)
-    assert best_by_student(comparison.runs[0].evaluations, 3) == [0.1, 0.9, 0.9]
+    assert incumbent_worth(comparison.runs[0].evaluations, 3).tolist() == [0.1, 0.9, 0.9]
 
 
 def test_a_converged_run_counts_as_flat_to_any_budget(tmp_path):

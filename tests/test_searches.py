@@ -9,9 +9,8 @@ import pytest
 
 import train_agent
 from agents import SEARCHES, hyperparams
-from n2n_gym.compare import best_by_student
 from n2n_gym.reward import RewardConfig
-from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
+from n2n_gym.runs import CHECKPOINT_FILE, incumbent_worth, read_evaluations
 from n2n_gym.table import load_table
 
 
@@ -29,7 +28,7 @@ def test_evolution_and_tpe_find_the_optimum_of_a_2187_student_table(algo, proxy_
     optimum = load_table(proxy_table).optimum(RewardConfig())[0]
     # Random search reaches the single best of 2,187 students within 300 in 13 % of seeds.
     for seed in (0, 1):
-        curve = best_by_student(
+        curve = incumbent_worth(
             read_evaluations(search(proxy_table, tmp_path, algo, seed, 300)), 300
         )
         assert curve[-1] == pytest.approx(optimum, abs=1e-6), (algo, seed)
