@@ -41,3 +41,21 @@ def test_rl_zoo_trains_on_an_n2n_id(zoo_algo, tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert list((tmp_path / zoo_algo).glob("N2NRemoval-v2_1/N2NRemoval-v2.zip"))
+
+
+@pytest.mark.expensive
+def test_a_teacher_whose_episodes_the_rollouts_would_cut_is_refused_with_the_fix(tmp_path):
+    """The entries fit the id's teacher (9 units); the narrow ResNet has 16: n_steps must change."""
+    command = [sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo", "--env", "N2NRemoval-v2"]
+    command += ["--gym-packages", "n2n_gym", "--conf-file", "agents.rl_zoo.ppo"]
+    command += ["--env-kwargs", "evaluator:'proxy'", "teacher:'bundled:narrow_resnet_mnist'"]
+    command += ["-n", "90", "--eval-freq", "-1", "--log-folder", str(tmp_path)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "cuts this teacher's episodes of 16 steps" in done.stderr
+    fits = done.stderr.split("pass --hyperparams n_steps:")[1].split()[0]
+    assert int(fits) % 16 == 0
+    # With the n_steps it names, the same training runs.
+    fixed = [*command, "--hyperparams", f"n_steps:{fits}", f"batch_size:{fits}"]
+    done = subprocess.run(fixed, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

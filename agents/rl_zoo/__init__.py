@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 import gymnasium as gym
+from stable_baselines3.common.callbacks import BaseCallback
 
 import n2n_gym  # noqa: F401 (registers the environments)
 from agents.hyperparams import hyperparams as file_hyperparams
@@ -41,6 +42,32 @@ ZOO_ALGOS: dict[str, tuple[str, str]] = {
 # RL Zoo's env_wrapper per algorithm (the others take the Dict observation as it is).
 ZOO_WRAPPERS: dict[str, str] = {"ars": "gymnasium.wrappers.FlattenObservation"}
 EPISODES = 200  # about train_agent.py's default budget of 100 distinct students, with repeats
+ON_POLICY = ("ppo", "a2c", "trpo", "ppo_lstm")  # rollouts of n_steps: whole episodes, or none
+
+
+class WholeEpisodes(BaseCallback):
+    """Refuses rollouts that cut episodes, before the first step.
+
+    An N2N reward arrives at an episode's last step only, so an on-policy rollout must hold whole
+    episodes. The entries size ``n_steps`` for the id's default teacher; a teacher given through
+    ``--env-kwargs`` may have another number of units, and then this names the ``n_steps`` that
+    fits it.
+    """
+
+    def _on_training_start(self) -> None:
+        n_steps = getattr(self.model, "n_steps", None)
+        lengths = set(self.training_env.get_attr("num_steps"))
+        cut = sorted(length for length in lengths if n_steps and n_steps % length)
+        if cut:
+            fits = cut[0] * max(1, round(n_steps / cut[0]))
+            raise ValueError(
+                f"n_steps={n_steps} cuts this teacher's episodes of {cut[0]} steps (one per "
+                f"decision unit; the entry fits the id's default teacher): pass --hyperparams "
+                f"n_steps:{fits}"
+            )
+
+    def _on_step(self) -> bool:
+        return True
 
 
 def n2n_ids() -> list[str]:
@@ -72,4 +99,6 @@ def zoo_hyperparams(zoo_algo: str) -> dict[str, dict[str, Any]]:
         table[env_id] = {"policy": policy, "n_timesteps": length * EPISODES, **entry}
         if zoo_algo in ZOO_WRAPPERS:
             table[env_id]["env_wrapper"] = ZOO_WRAPPERS[zoo_algo]
+        if zoo_algo in ON_POLICY:
+            table[env_id]["callback"] = "agents.rl_zoo.WholeEpisodes"
     return table
