@@ -205,3 +205,33 @@ def test_fit_refuses_bad_input_in_one_line(noisy_table, tmp_path, capsys):
     assert "is a folder" in err and "--members=0" in err and "no such file" in err
     assert "Traceback" not in err
     assert not Path("x.json.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "N2NRemoval-NarrowResNet-MNIST-Sur-v0",
+        "N2NShrink-NarrowResNet-MNIST-Sur-v0",
+        "N2NJoint-NarrowResNet-MNIST-Sur-v0",
+    ],
+)
+def test_the_shipped_surrogate_answers_its_ids(env_id):
+    from n2n_gym.surrogate import SURROGATES_DIR, shipped_surrogate
+
+    path = shipped_surrogate("bundled:narrow_resnet_mnist", "mnist")
+    assert path is not None and path.parent == SURROGATES_DIR
+    assert path.stat().st_size < 5_000_000  # text models, kept small
+    surrogate = load_surrogate(path)
+    v = surrogate.validation
+    assert v["test_students"] >= 50 and v["kendall_tau"] > 0.5  # the figures it was shipped with
+    env = gym.make(env_id)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        env.reset(seed=0)
+        done = False
+        while not done:
+            action = rng.choice(np.flatnonzero(env.unwrapped.action_masks()))
+            *_, done, _, info = env.step(action)
+        assert 0.0 <= info["accuracy"] <= 1.0 and info["eval_seconds"] >= 0.0
+        assert info["table_target"] >= info["student_mean_reward"] - 1e-9
