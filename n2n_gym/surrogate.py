@@ -701,6 +701,13 @@ def _rank_agreement(surrogate: Surrogate, test: Sequence[_Example]) -> dict[str,
         "top10_spearman": float(
             spearmanr([predicted[i] for i in top], [measured[i] for i in top]).statistic
         ),
+        # Accuracy alone: the reward's size term is exact, its accuracy term is what is predicted.
+        "accuracy_kendall_tau": float(
+            kendalltau(accuracy, [e.row.mean_accuracy for e in test]).statistic
+        ),
+        "accuracy_spearman": float(
+            spearmanr(accuracy, [e.row.mean_accuracy for e in test]).statistic
+        ),
         "reward_mae": statistics.fmean(errors),
         "accuracy_mae": statistics.fmean(
             abs(float(a) - e.row.mean_accuracy) for a, e in zip(accuracy, test, strict=True)
@@ -833,7 +840,11 @@ def _print_report(surrogate: Surrogate) -> None:
     out = RichTable(title=f"surrogate {surrogate.name}")
     out.add_column("quantity")
     out.add_column("value", justify="right")
-    out.add_row("students", f"{v.get('train_students')} to fit, {v.get('test_students')} held out")
+    out.add_row(
+        "students",
+        f"{v.get('train_students')} to fit, {v.get('calibration_students')} to calibrate the "
+        f"noise, {v.get('test_students')} to test",
+    )
     out.add_row(
         "fit",
         f"{b.get('members')} members x {b.get('rounds')} rounds, {b.get('fit_seconds', 0):.0f} s",
@@ -845,6 +856,11 @@ def _print_report(surrogate: Surrogate) -> None:
                 f"{v[key]:.3f} overall, {v['top10_' + key]:.3f} within the top 10 % "
                 f"({v['top10_students']} students)",
             )
+    if "accuracy_kendall_tau" in v:
+        out.add_row(
+            "held-out Kendall tau (accuracy)",
+            f"{v['accuracy_kendall_tau']:.3f} (Spearman {v['accuracy_spearman']:.3f})",
+        )
     if "accuracy_mae" in v:
         out.add_row(
             "held-out mean |error|",
