@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,26 @@ from torch import nn
 from n2n_gym.students import SavedStudent, load_student
 
 __all__ = ["compress"]
+
+
+# Command-line flags as the API names them, for the messages of refused settings.
+API_NAMES = {
+    "--compress": "compress",
+    "--budget": "budget",
+    "--algo": "algo",
+    "--seed": "seed",
+    "--out": "out",
+    "--final-kwargs": "final",
+    "--env-kwargs": "keyword arguments",
+    "--threads": "threads",
+    "--workers": "workers",
+    "--resume": "resume=True",
+}
+
+
+def _api_message(message: str) -> str:
+    """A command line's refusal in the API's terms (``--budget`` -> ``budget``)."""
+    return re.sub(r"--[a-z-]+", lambda m: API_NAMES.get(m.group(0), m.group(0)), message)
 
 
 def compress(
@@ -33,6 +55,8 @@ def compress(
     seed: int = 0,
     final: dict[str, Any] | None = None,
     resume: bool = False,
+    threads: int | None = None,
+    workers: int = 0,
     **env_kwargs: Any,
 ) -> tuple[SavedStudent, dict[str, Any]]:
     """Compress a trained network with the two-stage N2N pipeline.
@@ -49,6 +73,9 @@ def compress(
         seed: seeds the searches.
         final: DistillConfig fields for the final training (``--final-kwargs``).
         resume: continue a stopped run in ``out``.
+        threads: torch CPU threads (default: every core); on a machine shared with other jobs,
+            give each its share (``threads=1``).
+        workers: evaluation worker processes (``n2n-gym train --workers``).
         env_kwargs: further ``gymnasium.make`` arguments for both stages (``data_dir``,
             ``fidelity``, ``device``, ``evaluator`` ...).
 
@@ -56,18 +83,31 @@ def compress(
         The finished student (``.module`` is a plain ``nn.Module``) and the test-set report.
 
     Raises:
-        ValueError: a setting was refused (the message is the command line's one-line error).
+        ValueError: a setting was refused, in this function's terms (nothing is printed, and
+            nothing is left in ``out``).
         RuntimeError: a stage failed.
     """
+    from rich.console import Console
+
+    from n2n_gym.cli import SettingsRefused
     from n2n_gym.commands import train
+    from n2n_gym.commands.search_args import PIPELINE_FILE
+    from n2n_gym.commands.search_loop import run_pipeline
 
     out = Path(out)
+    if (out / PIPELINE_FILE).exists() and not resume:
+        raise ValueError(
+            f"n2n_gym.compress: out={str(out)!r} already holds a run: pass resume=True to "
+            "continue it, or another out"
+        )
+    created = not out.exists()
     kwargs = dict(env_kwargs)
+    saved: Path | None = None
     if isinstance(model, nn.Module):
         out.mkdir(parents=True, exist_ok=True)
-        teacher = out / "teacher.pt"
-        torch.save(model, teacher)
-        kwargs.update(teacher=str(teacher), allow_pickle=True)
+        saved = out / "teacher.pt"
+        torch.save(model, saved)
+        kwargs.update(teacher=str(saved), allow_pickle=True)
     else:
         kwargs["teacher"] = os.fspath(model)
     if Path(data).is_dir():
@@ -77,7 +117,7 @@ def compress(
     argv = [
         "--pipeline",
         "--algo",
-        algo,
+        str(algo),
         "--budget",
         str(budget),
         "--seed",
@@ -86,16 +126,24 @@ def compress(
         str(out),
         "--compress",
         f"{compress}x",
+        "--workers",
+        str(workers),
         "--env-kwargs",
         json.dumps(kwargs),
         "--final-kwargs",
         json.dumps(final or {}),
+        *(["--threads", str(threads)] if threads is not None else []),
         *(["--resume"] if resume else []),
     ]
     try:
-        status = train.main(argv)
-    except SystemExit as stop:  # a refused setting: argparse's one line is already printed
-        raise ValueError(f"n2n_gym.compress: settings refused ({stop.code}); see above") from None
+        args = train.parse_args(argv, raise_errors=True)
+    except SettingsRefused as error:
+        if saved is not None and not resume:  # leave nothing behind
+            saved.unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+        raise ValueError(f"n2n_gym.compress: {_api_message(str(error))}") from None
+    status = run_pipeline(args, Console())
     if status != 0:
         raise RuntimeError(f"n2n_gym.compress: the pipeline stopped with status {status}")
     report = json.loads((out / "report.json").read_text())

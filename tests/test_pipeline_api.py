@@ -21,6 +21,7 @@ def test_compress_a_model_object_in_one_call(tmp_path):
         algo="random",
         evaluator="proxy",  # the cheap evaluator for the searches; the final training is real
         final={"epochs": 2, "transfer_size": 4096, "lr": 0.01},
+        threads=1,  # a shared machine's share, as --threads gives the command line
     )
     # the shrink stage's limit: at most a tenth of the teacher's parameters
     assert student.params <= teacher.spec.params // 10
@@ -30,7 +31,18 @@ def test_compress_a_model_object_in_one_call(tmp_path):
     assert (tmp_path / "run" / "1-removal" / "config.json").exists()
 
 
-def test_compress_refuses_a_bad_factor_before_any_search(tmp_path):
-    with pytest.raises(ValueError, match="settings refused"):
-        n2n_gym.compress("default", "mnist", compress=1, out=tmp_path / "run")
-    assert not (tmp_path / "run" / "1-removal").exists()
+def test_compress_refuses_bad_settings_in_its_own_terms_printing_and_leaving_nothing(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^n2n_gym.compress: compress '1x': give a finite factor"):
+        n2n_gym.compress("default", "mnist", compress=1, out=out)
+    teacher = load_teacher("default")
+    with pytest.raises(ValueError, match="dataset='mnsit' is unknown") as caught:
+        n2n_gym.compress(teacher.module, "mnsit", out=out, threads=1)
+    assert "--" not in str(caught.value)  # no command-line flag names
+    with pytest.raises(ValueError, match="budget must be at least 1"):
+        n2n_gym.compress(teacher.module, "mnist", out=out, budget=0)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert not out.exists()  # the saved model is removed with the folder it made

@@ -252,12 +252,15 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> Args:
+def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> Args:
+    """The settings of ``argv``, every check done; a refused setting exits with one line (or,
+    with ``raise_errors``, raises :class:`~n2n_gym.cli.SettingsRefused` and prints nothing)."""
     parser = build_parser()
+    parser.raise_errors = raise_errors
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
     if ns.rerun is not None:
-        return parse_args(_rerun_argv(parser, ns, argv))
+        return parse_args(_rerun_argv(parser, ns, argv), raise_errors)
     stages = _parse_stages(parser, ns.stages, ns.pipeline)
     for stage in set(stages) - {"final"}:
         try:
