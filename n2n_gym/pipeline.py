@@ -3,8 +3,8 @@
 It runs what ``n2n-gym train --pipeline --compress 10x`` runs — layer removal, then shrinking
 under a parameter limit of teacher / N, then the final training and the test report — into one
 run folder, and returns the finished student and its report. The model is saved into that folder
-first, as a whole pickled module (it is read back in this process; the search then works on
-its ``torch.fx`` description, see the README's "Your own network").
+first as its ``torch.fx`` network description and state dict (so ``n2n-gym evaluate`` reopens the
+run without the model's class; see "Compressing your own network" in the docs).
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from n2n_gym.data import canonical_dataset
 from n2n_gym.students import SavedStudent, load_student
+from n2n_gym.teachers.errors import TeacherError
 
 __all__ = ["compress"]
 
@@ -44,6 +47,33 @@ def _api_message(message: str) -> str:
     return re.sub(r"--[a-z-]+", lambda m: API_NAMES.get(m.group(0), m.group(0)), message)
 
 
+def _save_description(model: nn.Module, dataset: str, path: Path) -> None:
+    """Save ``model`` as a teacher checkpoint of its network description and state dict.
+
+    Raises:
+        KeyError: ``dataset`` is not a registered data set (its input shape is unknown here).
+        TeacherError: the model cannot be described (``torch.fx`` cannot trace it, or it does
+            not fit the data set's images).
+    """
+    from n2n_gym.data import DATASETS
+    from n2n_gym.teachers import CHECKPOINT_FORMAT, load_teacher
+
+    DATASETS[dataset]
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "weights.pt"
+        torch.save(model.state_dict(), weights)
+        teacher = load_teacher(weights, module=model, dataset=dataset)
+    content = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": "custom",
+        "dataset": dataset,
+        "spec": teacher.spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in teacher.module.state_dict().items()},
+        "complete": True,
+    }
+    torch.save(content, path)
+
+
 def compress(
     model: nn.Module | str | os.PathLike[str],
     data: str | os.PathLike[str] = "mnist",
@@ -62,8 +92,10 @@ def compress(
     """Compress a trained network with the two-stage N2N pipeline.
 
     Args:
-        model: the trained teacher: an ``nn.Module`` (saved into ``out``), or a teacher file with
-            ``teacher_arch=`` in ``env_kwargs`` for a state dict.
+        model: the trained teacher: an ``nn.Module`` (saved into ``out`` as its network
+            description and state dict, so the run reopens without its class; for an image
+            folder, as the pickled module), or a teacher file with ``teacher_arch=`` in
+            ``env_kwargs`` for a state dict.
         data: a data set name (``"mnist"``, ``"cifar10"`` ...) or an image folder's root.
         compress: the target compression: the shrink stage may keep at most 1/``compress`` of the
             teacher's parameters.
@@ -106,8 +138,15 @@ def compress(
     if isinstance(model, nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         saved = out / "teacher.pt"
-        torch.save(model, saved)
-        kwargs.update(teacher=str(saved), allow_pickle=True)
+        try:
+            # Its description and weights: the run reopens without the model's class.
+            _save_description(model, canonical_dataset(os.fspath(data)), saved)
+        except (KeyError, TeacherError, TypeError):
+            # An image folder (its image size is the task's to resolve) or a data set the
+            # checks below will name: the module itself, read back in this process.
+            torch.save(model, saved)
+            kwargs["allow_pickle"] = True
+        kwargs["teacher"] = str(saved)
     else:
         kwargs["teacher"] = os.fspath(model)
     if Path(data).is_dir():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -29,6 +31,11 @@ def test_compress_a_model_object_in_one_call(tmp_path):
     x = torch.zeros(2, *teacher.spec.input_shape)
     assert student.module(x).shape == (2, teacher.spec.num_classes)
     assert (tmp_path / "run" / "1-removal" / "config.json").exists()
+    # The model is kept as its description and weights, not pickled: the run reopens anywhere.
+    saved = torch.load(tmp_path / "run" / "teacher.pt", weights_only=True)
+    assert saved["arch"] == "custom" and saved["spec"] == teacher.spec.to_dict()
+    config = json.loads((tmp_path / "run" / "1-removal" / "config.json").read_text())
+    assert config["task"]["allow_pickle"] is False
 
 
 def test_compress_refuses_bad_settings_in_its_own_terms_printing_and_leaving_nothing(
