@@ -611,9 +611,7 @@ class Task:
         )
         if shipped is None:
             how = (
-                "`python -m n2n_gym.surrogate fit`"
-                if kind == "surrogate"
-                else "`python -m n2n_gym.tabulate`"
+                "`n2n-gym surrogate fit`" if kind == "surrogate" else "`python -m n2n_gym.tabulate`"
             )
             raise TaskError(
                 f"evaluator={kind!r}: no {kind} is shipped for teacher={self.teacher!r} on "

@@ -29,7 +29,7 @@ def n2n_gym(*argv: str, columns: int = 40) -> subprocess.CompletedProcess:
 def test_the_command_lists_its_jobs_and_refuses_unknown_ones_in_one_line():
     listed = n2n_gym("--help")
     assert listed.returncode == 0
-    for name in ("train", "evaluate", "benchmark", "tabulate", "teachers"):
+    for name in ("train", "evaluate", "benchmark", "tabulate", "teachers", "surrogate"):
         assert f"  {name} " in listed.stdout
     assert n2n_gym().returncode == 2
     wrong = n2n_gym("trian")
@@ -37,7 +37,9 @@ def test_the_command_lists_its_jobs_and_refuses_unknown_ones_in_one_line():
     assert len(wrong.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["train", "evaluate", "benchmark", "tabulate", "teachers"])
+@pytest.mark.parametrize(
+    "name", ["train", "evaluate", "benchmark", "tabulate", "teachers", "surrogate"]
+)
 def test_every_job_has_help(name):
     shown = n2n_gym(name, "--help", columns=100)
     assert shown.returncode == 0, shown.stderr

@@ -20,7 +20,8 @@ from n2n_gym.arch import StudentDescription
 from n2n_gym.envs import EnvConfigError
 from n2n_gym.grid import joint_grid
 from n2n_gym.reward import RewardConfig
-from n2n_gym.surrogate import SurrogateError, load_surrogate, main
+from n2n_gym.surrogate import SurrogateError, load_surrogate
+from n2n_gym.surrogate_fit import main
 from n2n_gym.table import load_table
 from n2n_gym.task import Task
 

@@ -5,6 +5,7 @@
     n2n-gym benchmark ...    benchmark search algorithms (evaluate.py --benchmark)
     n2n-gym tabulate ...     measure a grid of students into a table (python -m n2n_gym.tabulate)
     n2n-gym teachers ...     list the teacher zoo, train a teacher (python -m n2n_gym.teachers)
+    n2n-gym surrogate ...    fit a surrogate, or show one (python -m n2n_gym.surrogate_fit)
 
 ``n2n-gym COMMAND --help`` lists a command's flags. Each command's logic is a module of this
 package with a ``main(argv) -> exit status``; the checkout's scripts are thin entry points to the
@@ -34,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "tabulate": ("n2n_gym.tabulate", "measure a grid of students into a table", ()),
     "teachers": ("n2n_gym.teachers.cli", "list the teacher zoo, train a teacher", ()),
+    "surrogate": (
+        "n2n_gym.surrogate_fit",
+        "fit a surrogate on sampled tables, or show one's validation",
+        (),
+    ),
 }
 
 
