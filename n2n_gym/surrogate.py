@@ -150,6 +150,9 @@ class Surrogate(RowScorer):
         models: per ensemble member, per target (``"accuracy_0"`` ... and ``"log_seconds"``),
             LightGBM's text model.
         noise_scale: the factor from the ensemble's spread to one seed's accuracy noise.
+        noise_cap: the largest seed-to-seed std of accuracy measured on any repeated student: a
+            student's noise never exceeds it (the spread grows far from the measured students,
+            where a search would otherwise be rewarded for finding lucky draws).
         validation: held-out figures (see :func:`fit_surrogate`).
         build: how it was fit (rows, members, seconds, versions).
         targets: precomputed :meth:`target` s by reward settings (the default's is stored).
@@ -167,6 +170,7 @@ class Surrogate(RowScorer):
     curve_seconds: tuple[float, ...]
     models: list[dict[str, str]]
     noise_scale: float
+    noise_cap: float = math.inf
     validation: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -222,7 +226,8 @@ class Surrogate(RowScorer):
         shift = 0.0
         if query == "seed":
             spread = predicted[self.accuracy_targets[-1]][1][0]
-            shift = self.noise_scale * spread * _noise_draw(student_key(plan))
+            sigma = min(self.noise_scale * spread, self.noise_cap)
+            shift = sigma * _noise_draw(student_key(plan))
         seconds = float(math.exp(predicted[SECONDS][0][0]))
         curve = tuple(
             (
@@ -371,6 +376,7 @@ class Surrogate(RowScorer):
             "curve_images": list(self.curve_images),
             "curve_seconds": list(self.curve_seconds),
             "noise_scale": self.noise_scale,
+            "noise_cap": self.noise_cap,
             "validation": self.validation,
             "build": self.build,
             "targets": self.targets,
@@ -420,6 +426,7 @@ class Surrogate(RowScorer):
                 curve_seconds=tuple(float(s) for s in data["curve_seconds"]),
                 models=[dict(member) for member in data["models"]],
                 noise_scale=float(data["noise_scale"]),
+                noise_cap=float(data.get("noise_cap", math.inf)),
                 validation=dict(data["validation"]),
                 build=dict(data["build"]),
                 targets=dict(data["targets"]),

@@ -172,6 +172,7 @@ def fit_surrogate(
         noise_scale=1.0,
     )
     surrogate.noise_scale, noise = _calibrate_noise(surrogate, train, parts["calibrate"], test)
+    surrogate.noise_cap = noise["cap"]
     surrogate.validation = {
         "train_students": len(train),
         "calibration_students": len(parts["calibrate"]),
@@ -266,16 +267,21 @@ def _calibrate_noise(
     """
     final = surrogate.accuracy_targets[-1]
 
-    def spread(examples: Sequence[_Example]) -> float:
+    def spreads(examples: Sequence[_Example]) -> np.ndarray:
         if not examples:
-            return 0.0
+            return np.zeros(0)
         x = surrogate._features([e.student for e in examples], [e.plan for e in examples])
-        return float(np.mean(surrogate.predict(x, [final])[final][1]))
+        return surrogate.predict(x, [final])[final][1]
 
     repeated = [e for e in calibrate if e.row.seeds >= 2]
     measured, _dof = _pooled_seed_std([e.row.seed_accuracies for e in repeated])
-    raw = spread(repeated)
+    raw = float(np.mean(spreads(repeated))) if repeated else 0.0
     scale = measured / raw if raw > 0 and measured > 0 else 1.0
+    # No student is noisier than the noisiest one measured.
+    cap = max(
+        (statistics.stdev(e.row.seed_accuracies) for e in (*train, *calibrate) if e.row.seeds >= 2),
+        default=math.inf,
+    )
     held = [e for e in test if e.row.seeds >= 2]
     held_measured, held_dof = _pooled_seed_std([e.row.seed_accuracies for e in held])
     # The reward's seed noise near the top (the band of the target), as a table computes it.
@@ -294,7 +300,10 @@ def _calibrate_noise(
         "scale": scale,
         "test_students": len(held),
         "test_measured_accuracy_std": held_measured if held_dof else None,
-        "test_predicted_accuracy_std": spread(held) * scale if held else None,
+        "test_predicted_accuracy_std": float(np.mean(np.minimum(spreads(held) * scale, cap)))
+        if held
+        else None,
+        "cap": cap,
         "reward_std": reward_std,
     }
 
@@ -398,7 +407,8 @@ def _print_report(surrogate: Surrogate) -> None:
         out.add_row(
             "seed noise of accuracy",
             f"measured {n['measured_accuracy_std']:.4f} ({n['students']} students), ensemble "
-            f"spread {n['ensemble_spread']:.4f} (x{n['scale']:.2f}); held out: measured "
+            f"spread {n['ensemble_spread']:.4f} (x{n['scale']:.2f}, at most {n.get('cap', 0):.4f});"
+            " held out: measured "
             + (f"{held:.4f}, predicted {n['test_predicted_accuracy_std']:.4f}" if held else "n/a"),
         )
     target = surrogate.target()
