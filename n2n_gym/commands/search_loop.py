@@ -23,7 +23,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 from tqdm import tqdm
 
-import n2n_gym  # noqa: F401  (registers the environments)
+# (importing any n2n_gym module registers the environments: n2n_gym/__init__.py)
 from agents import (
     SEARCHES,
     RandomSearch,
@@ -43,8 +43,8 @@ from n2n_gym.cli import (
     show_table,
 )
 from n2n_gym.commands.final_training import finish_with_progress
+from n2n_gym.commands.search_args import PIPELINE_FILE, Args, stage_env
 from n2n_gym.commands.shared_cores import warn_shared_cores
-from n2n_gym.commands.train import PIPELINE_FILE, Args, stage_env
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
 from n2n_gym.envs.vector import ThreadedVecEnv
 from n2n_gym.finalize import FINAL_TRAINING

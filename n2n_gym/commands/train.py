@@ -34,7 +34,7 @@ from typing import Any
 import gymnasium as gym
 from rich.console import Console
 
-import n2n_gym  # noqa: F401  (registers the environments)
+# (importing any n2n_gym module registers the environments: n2n_gym/__init__.py)
 from agents.names import ALGOS, CONTROLLER_KINDS, PRUNING_SEARCHES, SEARCH_NAMES, controller_kind
 from agents.pretrained import PRETRAINED, policy_path
 from n2n_gym.cli import (
