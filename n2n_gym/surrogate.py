@@ -61,6 +61,7 @@ from n2n_gym.table import (
     TableRow,
     TableTarget,
     check_measured_for,
+    read_gzip_json,
     student_key,
 )
 
@@ -486,16 +487,9 @@ def shipped_surrogate(teacher: str, dataset: str) -> Path | None:
 
 @functools.lru_cache(maxsize=4)
 def _read(path: str, stamp: tuple[int, int]) -> Surrogate:
-    try:
-        with gzip.open(path, "rt") as file:
-            data = json.load(file)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SurrogateError(
-            f"surrogate {path!r} is corrupt or truncated ({type(error).__name__}); fit it again "
-            "with `n2n-gym surrogate fit`"
-        ) from None
-    if not isinstance(data, dict):
-        raise SurrogateError(f"surrogate {path!r} is not an n2n-gym surrogate")
+    data = read_gzip_json(
+        path, "surrogate", "fit it again with `n2n-gym surrogate fit`", SurrogateError
+    )
     return Surrogate.from_dict(data, where=f"surrogate {path!r}")
 
 

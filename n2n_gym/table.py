@@ -616,18 +616,24 @@ def shipped_table(teacher: str, dataset: str) -> Path | None:
     return TABLES_DIR / name if name else None
 
 
-@functools.lru_cache(maxsize=8)
-def _read(path: str, stamp: tuple[int, int]) -> Table:
+def read_gzip_json(path: str, kind: str, fix: str, error: type[Exception]) -> dict[str, Any]:
+    """The dict in a gzipped JSON file of ``kind`` (``"table"``, ``"surrogate"``), or ``error``
+    naming the file and ``fix`` when it is unreadable or holds something else."""
     try:
         with gzip.open(path, "rt") as file:
             data = json.load(file)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TableError(
-            f"table {path!r} is corrupt or truncated ({type(error).__name__}); rebuild it with "
-            "`python -m n2n_gym.tabulate`"
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as failure:
+        raise error(
+            f"{kind} {path!r} is corrupt or truncated ({type(failure).__name__}); {fix}"
         ) from None
     if not isinstance(data, dict):
-        raise TableError(f"table {path!r} is not an n2n-gym table")
+        raise error(f"{kind} {path!r} is not an n2n-gym {kind}")
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path: str, stamp: tuple[int, int]) -> Table:
+    data = read_gzip_json(path, "table", "rebuild it with `python -m n2n_gym.tabulate`", TableError)
     return Table.from_dict(data, where=f"table {path!r}")
 
 
