@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from n2n_gym.benchmark import anytime_iqm  # noqa: E402
 from n2n_gym.compare import load_runs  # noqa: E402
 from n2n_gym.runs import incumbent_worth  # noqa: E402
+from n2n_gym.statistics import anytime_iqm  # noqa: E402
 
 LIVE_ENV = "N2NJoint-NarrowResNet-MNIST-v0"
 SURROGATE_ENV = "N2NJoint-NarrowResNet-MNIST-Sur-v0"
@@ -48,7 +49,10 @@ CHECKPOINTS = (10, 25, 50, 100)
 
 
 def search(env: str, out: Path, algos: list[str], args: argparse.Namespace) -> None:
-    kwargs = LIVE_KWARGS | {"cache_path": str(args.out / "live.sqlite")} if env == LIVE_ENV else {}
+    # Relative to the project root, where the searches run: the folder's settings then match
+    # whichever way the script was started, and the runs resume.
+    cache = os.path.relpath(args.out / "live.sqlite", ROOT)
+    kwargs = LIVE_KWARGS | {"cache_path": cache} if env == LIVE_ENV else {}
     command = [sys.executable, "-m", "n2n_gym.commands.benchmark", "--env", env]
     command += ["--algos", ",".join(algos), "--seeds", str(args.seeds)]
     command += ["--first-seed", str(FIRST_SEED), "--budget", str(args.budget)]

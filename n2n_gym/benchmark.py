@@ -41,11 +41,10 @@ and the plots ``regret_students.png``, ``regret_seconds.png``, ``final_regret.pn
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,14 @@ import numpy as np
 from n2n_gym.atomic import atomic_write, write_json_atomic
 from n2n_gym.compare import Run
 from n2n_gym.runs import distinct_counts, full_fidelity, incumbent_worth
+from n2n_gym.statistics import (
+    anytime_iqm,
+    improvement_estimates,
+    interval_estimates,
+    iqm,
+    iqm_estimates,
+    performance_profile,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +69,6 @@ __all__ = [
     "REACH_FRACTIONS",
     "BenchmarkReport",
     "Target",
-    "anytime_iqm",
     "benchmark_report",
     "incumbent_worth",
     "learning_gain",
@@ -229,58 +235,6 @@ class BenchmarkReport:
         return self.target.exact
 
 
-@contextlib.contextmanager
-def _seeded_global_numpy(seed: int) -> Iterator[None]:
-    """rliable's bootstraps draw from numpy's global generator whatever generator they are given:
-    seed it for the call, and leave the caller's state as it was."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-def _interval(
-    scores: dict[str, np.ndarray], func, reps: int, seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    import warnings
-
-    from rliable import library as rly
-
-    with warnings.catch_warnings(), _seeded_global_numpy(seed):
-        warnings.simplefilter("ignore", FutureWarning)  # arch deprecates the RandomState
-        return rly.get_interval_estimates(
-            scores, func, reps=reps, random_state=np.random.RandomState(seed)
-        )
-
-
-def anytime_iqm(
-    curves: dict[str, np.ndarray], reps: int, seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """IQM over runs at every point of ``(runs, points)`` curves, with percentile bootstrap CIs.
-
-    The statistic and the interval of rliable (one task: its stratified bootstrap resamples the
-    runs), vectorised over the points: rliable's per-resample loop took 10 s per algorithm here.
-    """
-    from scipy.stats import trim_mean
-
-    rng = np.random.default_rng(seed)
-    point, interval = {}, {}
-    for algo, curve in curves.items():
-        point[algo] = trim_mean(curve, 0.25, axis=0)
-        draws = rng.integers(0, len(curve), size=(reps, len(curve)))
-        samples = trim_mean(curve[draws], 0.25, axis=1)  # (reps, points)
-        interval[algo] = np.percentile(samples, [2.5, 97.5], axis=0)
-    return point, interval
-
-
-def _iqm(values: np.ndarray) -> float:
-    from scipy.stats import trim_mean
-
-    return float(trim_mean(np.ravel(values), 0.25))
-
-
 def stability(final: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str, Any]:
     """Kendall's τ between the algorithm rankings of two disjoint halves of the seeds.
 
@@ -299,9 +253,9 @@ def stability(final: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str
     halves = [list(seeds[:half]), list(seeds[half : 2 * half])]
     algos = sorted(final)
     scores = [
-        [(_iqm(final[a][:half]), float(np.mean(final[a][:half]))) for a in algos],
+        [(iqm(final[a][:half]), float(np.mean(final[a][:half]))) for a in algos],
         [
-            (_iqm(final[a][half : 2 * half]), float(np.mean(final[a][half : 2 * half])))
+            (iqm(final[a][half : 2 * half]), float(np.mean(final[a][half : 2 * half])))
             for a in algos
         ],
     ]
@@ -348,7 +302,7 @@ def benchmark_report(
         ValueError: the runs are of several environments, or none.
     """
     try:
-        from rliable import metrics
+        import rliable  # noqa: F401
     except ImportError:
         raise ImportError(
             "benchmark statistics need rliable: pip install 'n2n-gym[bench]'"
@@ -388,20 +342,8 @@ def benchmark_report(
     per_budget: dict[int, dict[str, Any]] = {}
     for b in budgets:
         final = {a: v[:, None] for a, v in finals[b].items()}  # (runs, 1 task)
-        point, interval = _interval(
-            final, lambda s: np.array([metrics.aggregate_iqm(s)]), reps, seed
-        )
-        improvement: dict[str, Any] = {}
-        if BASELINE in final:
-            pairs = {a: (-final[a], -final[BASELINE]) for a in algos if a != BASELINE}
-            if pairs:
-                improvement = dict(
-                    zip(
-                        ("point", "interval"),
-                        _interval(pairs, metrics.probability_of_improvement, reps, seed),
-                        strict=True,
-                    )
-                )
+        point, interval = iqm_estimates(final, reps, seed)
+        improvement = improvement_estimates(final, BASELINE, reps, seed)
         seeds = sorted(set.intersection(*({r.seed for r in at[b][a][0]} for a in algos)))
         aligned = {
             a: np.array([finals[b][a][[r.seed for r in at[b][a][0]].index(s)] for s in seeds])
@@ -420,7 +362,7 @@ def benchmark_report(
     gain_scores = {a: np.array([[g] for g in gs if g is not None]) for a, gs in gains.items()}
     gain_scores = {a: g for a, g in gain_scores.items() if len(g) >= 2}
     gain_point, gain_interval = (
-        _interval(gain_scores, lambda s: np.array([np.mean(s)]), reps, seed)
+        interval_estimates(gain_scores, lambda s: np.array([np.mean(s)]), reps, seed)
         if gain_scores
         else ({}, {})
     )
@@ -760,15 +702,11 @@ def _plot_profile(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rliable import library as rly
 
     largest = max(float(np.max(v)) for v in final.values())
     taus = np.linspace(0.0, max(largest, REGRET_FLOOR) * 1.05, 60)
     # rliable counts scores above tau; regret at most tau is -regret above -tau.
-    with _seeded_global_numpy(seed):
-        profiles, cis = rly.create_performance_profile(
-            {a: -v for a, v in final.items()}, -taus, reps=reps
-        )
+    profiles, cis = performance_profile({a: -v for a, v in final.items()}, -taus, reps, seed)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     styles = _styles(sorted(final))
     for algo in final:

@@ -39,13 +39,13 @@ from n2n_gym.benchmark import (
     BenchmarkReport,
     _ci,
     _fmt,
-    _interval,
     _pick,
     _plot_profile,
     _span,
     _styles,
     stability,
 )
+from n2n_gym.statistics import improvement_estimates, iqm_estimates
 
 __all__ = ["SUITE_ENVS", "SuiteReport", "normalised_regret", "suite_report", "suite_table"]
 
@@ -124,8 +124,6 @@ def suite_report(
         ValueError: fewer than two tasks, tasks without common budgets, algorithms or seeds, or
             a task whose target is not above its reference.
     """
-    from rliable import metrics
-
     envs = sorted(reports)
     if len(envs) < 2:
         raise ValueError(f"a suite pools two or more tasks; got {envs}")
@@ -166,20 +164,8 @@ def suite_report(
     }
     per_budget = {}
     for b in budgets:
-        point, interval = _interval(
-            scores[b], lambda s: np.array([metrics.aggregate_iqm(s)]), reps, seed
-        )
-        improvement: dict[str, Any] = {}
-        if BASELINE in algos:
-            pairs = {a: (-scores[b][a], -scores[b][BASELINE]) for a in algos if a != BASELINE}
-            if pairs:
-                improvement = dict(
-                    zip(
-                        ("point", "interval"),
-                        _interval(pairs, metrics.probability_of_improvement, reps, seed),
-                        strict=True,
-                    )
-                )
+        point, interval = iqm_estimates(scores[b], reps, seed)
+        improvement = improvement_estimates(scores[b], BASELINE, reps, seed)
         per_budget[b] = {
             "point": point,
             "interval": interval,

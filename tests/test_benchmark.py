@@ -342,3 +342,60 @@ def test_stability_compares_the_rankings_of_two_seed_halves():
     assert info["tau"] == pytest.approx(-1.0)
     assert info["rankings"] == [["a", "b", "c"], ["c", "b", "a"]]
     assert stability(same, seeds[:3])["tau"] is None  # one seed a half ranks nothing
+
+
+def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
+    """IQM, P(improvement) and score distributions equal rliable's own, ties included, and so do
+    the seeded bootstrap intervals built on them."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    from n2n_gym.statistics import (
+        improvement_estimates,
+        iqm,
+        iqm_estimates,
+        performance_profile,
+        probability_of_improvement,
+        score_distribution,
+    )
+
+    rng = np.random.default_rng(3)
+    for runs, tasks in ((5, 1), (20, 3), (7, 2)):
+        x = rng.integers(0, 6, size=(runs, tasks)) / 5.0  # many ties
+        y = rng.integers(0, 6, size=(runs + 2, tasks)) / 5.0
+        assert iqm(x) == metrics.aggregate_iqm(x)
+        assert probability_of_improvement(x, y) == metrics.probability_of_improvement(x, y)
+        assert probability_of_improvement(x, x) == 0.5
+        taus = np.linspace(-0.1, 1.1, 13)
+        expected = [rly.run_score_deviation(x, t) for t in taus]
+        assert score_distribution(x, taus).tolist() == expected
+
+    scores = {"random": rng.random((10, 2)), "ppo": rng.random((10, 2)) * 0.8}
+    point, interval = iqm_estimates(scores, 300, 0)
+    np.random.seed(0)
+    ref_point, ref_interval = rly.get_interval_estimates(
+        scores,
+        lambda s: np.array([metrics.aggregate_iqm(s)]),
+        reps=300,
+        random_state=np.random.RandomState(0),
+    )
+    for algo in scores:
+        assert point[algo].tolist() == ref_point[algo].tolist()
+        assert interval[algo].tolist() == ref_interval[algo].tolist()
+    improvement = improvement_estimates(scores, "random", 300, 0)
+    np.random.seed(0)
+    ref = rly.get_interval_estimates(
+        {"ppo": (-scores["ppo"], -scores["random"])},
+        metrics.probability_of_improvement,
+        reps=300,
+        random_state=np.random.RandomState(0),
+    )
+    assert improvement["point"]["ppo"] == ref[0]["ppo"]
+    assert improvement["interval"]["ppo"].tolist() == ref[1]["ppo"].tolist()
+    taus = np.linspace(0.0, 1.0, 11)
+    profile, cis = performance_profile(scores, taus, 300, 0)
+    np.random.seed(0)
+    ref_profile, ref_cis = rly.create_performance_profile(scores, taus, reps=300)
+    for algo in scores:
+        assert profile[algo].tolist() == ref_profile[algo].tolist()
+        assert cis[algo].tolist() == ref_cis[algo].tolist()
