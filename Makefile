@@ -19,9 +19,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) train_agent.py --algo reinforce --out runs/demo --resume $(ARGS)
 
-# Two test processes (one core each); `-p no:xdist` runs them in one.
+# Two test processes (one core each), a test file's tests in one of them, so that a file's
+# shared fixtures (a benchmark's runs, a trained student) are built once; `-p no:xdist` runs
+# everything in one process.
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -44,7 +44,7 @@ from torch import nn
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, unit_rules
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.distill import DistillConfig
-from n2n_gym.finalize import TrainingInterrupted, points, test_report, train_module
+from n2n_gym.finalize import TrainingInterrupted, model_size, points, test_report, train_module
 from n2n_gym.runs import REPORT_FILE, RunDirError, read_run_task
 from n2n_gym.surgery import build_module, build_student
 from n2n_gym.task import Task
@@ -53,7 +53,9 @@ from n2n_gym.teachers import Teacher
 __all__ = [
     "BASELINES",
     "BASELINES_FILE",
+    "MATCHES",
     "BaselineSource",
+    "baselines_file",
     "baselines_table",
     "check_baselines",
     "magnitude_pruned",
@@ -66,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 BASELINES = ("uniform-width", "magnitude-pruned", "scratch-labels", "scratch-distilled")
 BASELINES_FILE = "baselines.json"
+# What a baseline's size is matched on: the student's parameters, or its multiply-adds per image.
+MATCHES = ("params", "flops")
 _BISECTION_STEPS = 30
 
 
@@ -110,6 +114,11 @@ def read_baseline_source(folder: str | Path) -> BaselineSource:
     )
 
 
+def baselines_file(match: str = "params") -> str:
+    """The file a comparison matched on ``match`` is written to, beside the student's report."""
+    return BASELINES_FILE if match == "params" else "baselines-flops.json"
+
+
 def check_baselines(names: Sequence[str]) -> list[str]:
     """Validate baseline names (and that Torch-Pruning is there when asked for); raises ValueError."""
     names = list(names)
@@ -126,42 +135,54 @@ def check_baselines(names: Sequence[str]) -> list[str]:
     return names
 
 
-def _nearest(params_of: Callable[[float], int | None], target: int) -> float:
-    """The ratio in (0, 1] whose parameter count is nearest ``target`` (counts grow with it)."""
-    low, high = 0.0, 1.0  # params_of(low) <= target < params_of(high), or high is the answer
+def _check_match(match: str) -> None:
+    if match not in MATCHES:
+        raise ValueError(f"match={match!r}: choose from {', '.join(MATCHES)}")
+
+
+def _nearest(size_of: Callable[[float], int | None], target: int, match: str) -> float:
+    """The ratio in (0, 1] whose size (parameters or MACs) is nearest ``target`` (sizes grow
+    with it)."""
+    low, high = 0.0, 1.0  # size_of(low) <= target < size_of(high), or high is the answer
     for _ in range(_BISECTION_STEPS):
         middle = (low + high) / 2
-        params = params_of(middle)
-        if params is not None and params <= target:
+        size = size_of(middle)
+        if size is not None and size <= target:
             low = middle
         else:
             high = middle
-    candidates = [r for r in (low, high) if r > 0 and params_of(r) is not None]
+    candidates = [r for r in (low, high) if r > 0 and size_of(r) is not None]
     if not candidates:
-        raise InvalidArchitecture(f"no network of this family has about {target:,} parameters")
-    return min(candidates, key=lambda r: abs(params_of(r) - target))
+        what = "parameters" if match == "params" else "MACs per image"
+        raise InvalidArchitecture(f"no network of this family has about {target:,} {what}")
+    return min(candidates, key=lambda r: abs(size_of(r) - target))
 
 
-def uniform_width_student(teacher: NetworkSpec, target_params: int) -> StudentDescription:
-    """The teacher with every shrinkable unit at the one width ratio nearest ``target_params``."""
+def uniform_width_student(
+    teacher: NetworkSpec, target: int, match: str = "params"
+) -> StudentDescription:
+    """The teacher with every shrinkable unit at the one width ratio whose parameter count (or,
+    with ``match="flops"``, MACs per image) is nearest ``target``."""
+    _check_match(match)
     shrinkable = [rule.shrinkable for rule in unit_rules(teacher)]
 
     def describe(ratio: float) -> StudentDescription:
         return StudentDescription(teacher, tuple(ratio if s else 1.0 for s in shrinkable))
 
-    def params_of(ratio: float) -> int | None:
+    def size_of(ratio: float) -> int | None:
         try:
-            return describe(round(ratio, 4)).plan().spec.params
+            return getattr(describe(round(ratio, 4)).plan().spec, match)
         except InvalidArchitecture:
             return None
 
-    return describe(round(_nearest(params_of, target_params), 4))
+    return describe(round(_nearest(size_of, target, match), 4))
 
 
 def magnitude_pruned(
-    teacher: nn.Module, input_shape: Sequence[int], target_params: int
+    teacher: nn.Module, input_shape: Sequence[int], target: int, match: str = "params"
 ) -> nn.Module:
-    """A copy of ``teacher`` pruned by Torch-Pruning's L1 magnitude to about ``target_params``.
+    """A copy of ``teacher`` pruned by Torch-Pruning's L1 magnitude to about ``target``
+    parameters (or, with ``match="flops"``, MACs per image).
 
     Every prunable layer loses the same share of its channels (Torch-Pruning's default uniform
     ratio), ranked by the L1 norm of each channel's coupled group; the classifier keeps its
@@ -184,25 +205,34 @@ def magnitude_pruned(
         pruner.step()
         return module
 
-    def params_of(keep: float) -> int | None:
+    _check_match(match)
+
+    def size_of(keep: float) -> int | None:
         try:
-            return sum(p.numel() for p in pruned(1.0 - keep).parameters())
+            module = pruned(1.0 - keep)
         except (RuntimeError, ValueError, IndexError):  # nothing left to prune to
             return None
+        if match == "params":
+            return sum(p.numel() for p in module.parameters())
+        return model_size(module, tuple(input_shape))[1]
 
-    keep = _nearest(params_of, target_params)
+    keep = _nearest(size_of, target, match)
     return pruned(1.0 - keep)
 
 
-def _build(name: str, source: BaselineSource, teacher: Teacher) -> tuple[nn.Module, DistillConfig]:
-    target = source.student.plan().spec.params
-    seed = source.task.eval_seed
+def _build(
+    name: str, source: BaselineSource, teacher: Teacher, match: str
+) -> tuple[nn.Module, DistillConfig]:
+    target = getattr(source.student.plan().spec, match)
+    # The final training's seed also initialises the fresh networks: a comparison over seeds
+    # (final_training's "seed") varies both, as it varies the search's student's training.
+    seed = source.config.seed
     config = source.config
     if name == "uniform-width":
-        description = uniform_width_student(teacher.spec, target)
+        description = uniform_width_student(teacher.spec, target, match)
         module = build_module(description.plan().spec, seed)
     elif name == "magnitude-pruned":
-        module = magnitude_pruned(teacher.module, teacher.spec.input_shape, target)
+        module = magnitude_pruned(teacher.module, teacher.spec.input_shape, target, match)
     else:
         _, module = build_student(
             copy.deepcopy(teacher.module).cpu(), source.student, inherit_weights=False, seed=seed
@@ -216,34 +246,45 @@ def run_baselines(
     source: BaselineSource,
     names: Sequence[str] = BASELINES,
     *,
+    match: str = "params",
     device: str | torch.device = "auto",
     on_epoch: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Build, train and test each baseline; results go to ``baselines.json`` as each finishes.
 
-    A baseline already in that file (for the same student and training settings) is kept, so an
-    interrupted comparison continues where it stopped. One that fails is recorded with its error
-    and the others still run.
+    Each baseline is sized to the student's parameters (``match="params"``) or to its MACs per
+    image (``match="flops"``, written to ``baselines-flops.json``); the scratch baselines are
+    the student's own architecture either way. A baseline already in that file (for the same
+    student and training settings) is kept, so an interrupted comparison continues where it
+    stopped. One that fails is recorded with its error and the others still run.
 
     Returns:
         ``{"student": {...}, "teacher": {...}, "baselines": {name: {...}}}``: test accuracy,
         parameters, MACs, latency and training time of each.
     """
-    path = source.folder / BASELINES_FILE
+    _check_match(match)
+    path = source.folder / baselines_file(match)
     report = source.report
-    identity = {"student_key": source.student.key, "final_training": source.config.to_dict()}
+    identity = {
+        "student_key": source.student.key,
+        "final_training": source.config.to_dict(),
+        "match": match,
+    }
     results: dict[str, Any] = {
         **identity,
         "teacher": {
             "test_accuracy": report["teacher_test_accuracy"],
             "params": report["teacher_params"],
             "flops": report["teacher_flops"],
+            "latency_ms": report.get("teacher_latency_ms"),
         },
         "student": {key: report[key] for key in ("test_accuracy", "params", "flops", "latency_ms")},
         "baselines": {},
     }
     if path.is_file():
         earlier = json.loads(path.read_text())
+        # Files written before sizes could match MACs matched parameters.
+        earlier.setdefault("match", "params")
         if all(earlier.get(k) == v for k, v in identity.items()):
             # A failed or cut-short baseline is never a result: it is trained again.
             results["baselines"] = {
@@ -259,7 +300,7 @@ def run_baselines(
     for name in todo:
         logger.info("baseline %s", name)
         try:
-            module, config = _build(name, source, teacher)
+            module, config = _build(name, source, teacher, match)
             trained = train_module(
                 teacher,
                 data,
@@ -313,7 +354,8 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def baselines_table(results: dict[str, Any]) -> Table:
     """The comparison as a rich table (``n2n_gym.cli.markdown`` turns it into Markdown)."""
     teacher = results["teacher"]
-    table = Table(title="the search's student against baselines of its size (test set)")
+    size = "MACs per image" if results.get("match") == "flops" else "parameter count"
+    table = Table(title=f"the search's student against baselines of its {size} (test set)")
     for column in ("", "test accuracy", "vs teacher", "parameters", "MACs / image", "training"):
         table.add_column(column, justify="left" if not column else "right")
     for name, row in _rows(results):

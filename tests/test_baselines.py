@@ -83,6 +83,23 @@ def test_training_on_labels_ignores_the_teacher():
         distill(build_module(spec, seed=0), torch.zeros(512, 10), x, config, "cpu")
 
 
+@pytest.mark.parametrize("name", TEACHERS)
+def test_baselines_match_the_students_macs_instead_when_asked(name):
+    """Matched on MACs per image, both sized baselines land near the MACs, not the parameters."""
+    pytest.importorskip("torch_pruning")
+    teacher = load_teacher(name)
+    target = teacher.spec.flops // 8
+    student = uniform_width_student(teacher.spec, target, match="flops")
+    assert abs(student.plan().spec.flops - target) / target < 0.1
+    pruned = magnitude_pruned(teacher.module, teacher.spec.input_shape, target, match="flops")
+    _, macs = model_size(pruned, teacher.spec.input_shape)
+    # Pruning one channel of a narrow layer moves its MACs in steps (16 channels: ~6 % each,
+    # and the residual sums are pruned together): the nearest step, not the exact count.
+    assert abs(macs - target) / target < 0.2
+    with pytest.raises(ValueError, match="choose from params, flops"):
+        uniform_width_student(teacher.spec, target, match="latency")
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A tiny real search, finished by evaluate.py with a tiny final training."""

@@ -20,7 +20,8 @@ Baselines (``--baselines``, on a folder that holds a finished student's ``report
 students of the same parameter count with no search — the teacher scaled uniformly in width,
 the teacher magnitude-pruned by Torch-Pruning, the student's architecture from scratch on labels
 and distilled from scratch — with the student's own final training, and write ``baselines.json``
-and ``baselines.md`` there (see :mod:`n2n_gym.baselines`).
+and ``baselines.md`` there (``--match flops``: sized to the student's MACs, into
+``baselines-flops.json`` and ``.md``; see :mod:`n2n_gym.baselines`).
 
 The benchmark (``--benchmark``, or ``n2n-gym benchmark``) is :mod:`n2n_gym.commands.benchmark`.
 """
@@ -43,7 +44,8 @@ from agents import Reinforce, agent_class
 from n2n_gym.arch import StudentDescription
 from n2n_gym.baselines import (
     BASELINES,
-    BASELINES_FILE,
+    MATCHES,
+    baselines_file,
     baselines_table,
     check_baselines,
     read_baseline_source,
@@ -93,6 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default=",".join(BASELINES),
         help=f"--baselines: comma-separated subset of {','.join(BASELINES)}",
+    )
+    parser.add_argument(
+        "--match",
+        choices=MATCHES,
+        default="params",
+        help="--baselines: size each baseline to the student's parameters (default) or its "
+        "MACs per image (written to baselines-flops.json)",
     )
     parser.add_argument(
         "--benchmark",
@@ -247,11 +256,15 @@ def baselines(args: argparse.Namespace, console: Console) -> int:
             bar.update(1)
             bar.set_postfix(baseline=name, val=f"{entry['val_accuracy']:.4f}")
 
-        results = run_baselines(source, args.only, device=args.device, on_epoch=on_epoch)
+        results = run_baselines(
+            source, args.only, match=args.match, device=args.device, on_epoch=on_epoch
+        )
     table = baselines_table(results)
-    (source.folder / "baselines.md").write_text(markdown(table) + "\n")
+    written = source.folder / baselines_file(args.match)
+    summary = written.with_suffix(".md")
+    summary.write_text(markdown(table) + "\n")
     show_table(console, table)
-    console.print(f"wrote {source.folder / BASELINES_FILE} and {source.folder / 'baselines.md'}")
+    console.print(f"wrote {written} and {summary}")
     failed = [n for n, r in results["baselines"].items() if "error" in r]
     return 1 if failed else 0
 
