@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OneLineParser",
-    "SettingsRefused",
     "cores",
     "fail",
     "field_docs",
@@ -44,24 +43,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         )
 
 
-class SettingsRefused(ValueError):
-    """A setting that a parser with ``raise_errors`` refused: the message, without the program's
-    name and without printing (the Python API turns it into its own error)."""
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line, with exit status 2, and wraps its
-    help between words (:class:`HelpFormatter`); with ``raise_errors`` it raises
-    :class:`SettingsRefused` instead and prints nothing."""
+    help between words (:class:`HelpFormatter`)."""
 
-    def __init__(self, *args, raise_errors: bool = False, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
-        self.raise_errors = raise_errors
 
     def error(self, message: str) -> NoReturn:
-        if self.raise_errors:
-            raise SettingsRefused(" ".join(message.split()))
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 

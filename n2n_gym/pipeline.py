@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,26 +24,6 @@ from n2n_gym.students import SavedStudent, load_student
 from n2n_gym.teachers.errors import TeacherError
 
 __all__ = ["compress"]
-
-
-# Command-line flags as the API names them, for the messages of refused settings.
-API_NAMES = {
-    "--compress": "compress",
-    "--budget": "budget",
-    "--algo": "algo",
-    "--seed": "seed",
-    "--out": "out",
-    "--final-kwargs": "final",
-    "--env-kwargs": "keyword arguments",
-    "--threads": "threads",
-    "--workers": "workers",
-    "--resume": "resume=True",
-}
-
-
-def _api_message(message: str) -> str:
-    """A command line's refusal in the API's terms (``--budget`` -> ``budget``)."""
-    return re.sub(r"--[a-z-]+", lambda m: API_NAMES.get(m.group(0), m.group(0)), message)
 
 
 def _save_description(model: nn.Module, dataset: str, path: Path) -> None:
@@ -121,10 +100,15 @@ def compress(
     """
     from rich.console import Console
 
-    from n2n_gym.cli import SettingsRefused
-    from n2n_gym.commands import train
-    from n2n_gym.commands.search_args import PIPELINE_FILE
-    from n2n_gym.commands.search_loop import run_pipeline
+    from n2n_gym.search_loop import run_pipeline
+    from n2n_gym.search_settings import (
+        API_NAMES,
+        PIPELINE_FILE,
+        STAGES,
+        SearchSettings,
+        SettingsRefused,
+        resolve_settings,
+    )
 
     out = Path(out)
     if (out / PIPELINE_FILE).exists() and not resume:
@@ -153,36 +137,36 @@ def compress(
         kwargs.update(dataset="imagefolder", data_dir=os.fspath(data))
     else:
         kwargs["dataset"] = os.fspath(data)
-    argv = [
-        "--pipeline",
-        "--algo",
-        str(algo),
-        "--budget",
-        str(budget),
-        "--seed",
-        str(seed),
-        "--out",
-        str(out),
-        "--compress",
-        f"{compress}x",
-        "--workers",
-        str(workers),
-        "--env-kwargs",
-        json.dumps(kwargs),
-        "--final-kwargs",
-        json.dumps(final or {}),
-        *(["--threads", str(threads)] if threads is not None else []),
-        *(["--resume"] if resume else []),
-    ]
+    settings = SearchSettings(
+        algo=str(algo),
+        budget=budget,
+        seed=seed,
+        out=str(out),
+        workers=workers,
+        threads=threads,
+        resume=resume,
+        env_kwargs=kwargs,
+        stages=STAGES,
+        final=dict(final or {}),
+        # The command that does the same, recorded for `n2n-gym train --rerun RUN_DIR`.
+        argv=[
+            "--pipeline",
+            *("--algo", str(algo), "--budget", str(budget), "--seed", str(seed)),
+            *("--out", str(out), "--compress", f"{compress}x", "--workers", str(workers)),
+            *("--env-kwargs", json.dumps(kwargs), "--final-kwargs", json.dumps(final or {})),
+            *(["--threads", str(threads)] if threads is not None else []),
+            *(["--resume"] if resume else []),
+        ],
+    )
     try:
-        args = train.parse_args(argv, raise_errors=True)
+        settings = resolve_settings(settings, compress=compress, names=API_NAMES)
     except SettingsRefused as error:
         if saved is not None and not resume:  # leave nothing behind
             saved.unlink(missing_ok=True)
             if created:
                 shutil.rmtree(out, ignore_errors=True)
-        raise ValueError(f"n2n_gym.compress: {_api_message(str(error))}") from None
-    status = run_pipeline(args, Console())
+        raise ValueError(f"n2n_gym.compress: {error}") from None
+    status = run_pipeline(settings, Console())
     if status != 0:
         raise RuntimeError(f"n2n_gym.compress: the pipeline stopped with status {status}")
     report = json.loads((out / "report.json").read_text())

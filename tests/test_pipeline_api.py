@@ -36,14 +36,22 @@ def test_compress_a_model_object_in_one_call(tmp_path):
     assert saved["arch"] == "custom" and saved["spec"] == teacher.spec.to_dict()
     config = json.loads((tmp_path / "run" / "1-removal" / "config.json").read_text())
     assert config["task"]["allow_pickle"] is False
+    # The run records the command that does the same: the command line replays it.
+    from n2n_gym.commands import train
+
+    again = train.parse_args(["--rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
+    assert (again.algo, again.budget, again.stages) == ("random", 4, ("removal", "shrink", "final"))
+    assert again.shrink_kwargs["constraints"]["max_params"] == teacher.spec.params // 10
 
 
 def test_compress_refuses_bad_settings_in_its_own_terms_printing_and_leaving_nothing(
     tmp_path, capsys
 ):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"^n2n_gym.compress: compress '1x': give a finite factor"):
+    with pytest.raises(ValueError, match=r"^n2n_gym.compress: compress 1: give a finite factor"):
         n2n_gym.compress("default", "mnist", compress=1, out=out)
+    with pytest.raises(ValueError, match=r"^n2n_gym.compress: algo 'bogus': choose from reinforce"):
+        n2n_gym.compress("default", "mnist", algo="bogus", out=out)
     teacher = load_teacher("default")
     with pytest.raises(ValueError, match="dataset='mnsit' is unknown") as caught:
         n2n_gym.compress(teacher.module, "mnsit", out=out, threads=1)

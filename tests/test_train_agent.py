@@ -14,8 +14,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import train_agent
 from agents import PRUNING_SEARCHES, Reinforce
-from n2n_gym.commands.search_loop import make_agent
+from agents.pretrained import policy_path
 from n2n_gym.runs import CHECKPOINT_FILE, read_evaluations
+from n2n_gym.search_loop import make_agent
 
 PROXY = '{"evaluator": "proxy"}'
 RUN_FILES = ("config.json", "evaluations.jsonl", "best_student.json", "summary.json", "tb")
@@ -158,7 +159,7 @@ def test_the_shipped_pretrained_policy_starts_a_search_on_another_teacher(tmp_pa
         students[seed] = [r["student_key"] for r in read_evaluations(out)]
     # each run samples with its own seed, not the pretraining run's
     assert students["0"] != students["1"]
-    shipped = Reinforce.load(Path(train_agent.policy_path("pretrained:removal")), device="cpu")
+    shipped = Reinforce.load(Path(policy_path("pretrained:removal")), device="cpu")
     assert shipped.policy.controller_kind == "bidirectional"
 
 

@@ -61,10 +61,9 @@ from n2n_gym.cli import (
     set_threads,
     show_table,
 )
-from n2n_gym.commands.final_training import finish_with_progress
-from n2n_gym.commands.shared_cores import warn_shared_cores
 from n2n_gym.compare import compare_runs, comparison_table
 from n2n_gym.distill import DistillationDiverged
+from n2n_gym.final_training import finish_with_progress
 from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
@@ -72,6 +71,7 @@ from n2n_gym.runs import (
     read_run_config,
     read_run_task,
 )
+from n2n_gym.shared_cores import warn_shared_cores
 from n2n_gym.students import StudentFileError
 from n2n_gym.task import TaskError
 

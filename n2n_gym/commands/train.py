@@ -19,33 +19,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
-import inspect
 import json
 import logging
-import math
 import os
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 from rich.console import Console
 
 # (importing any n2n_gym module registers the environments: n2n_gym/__init__.py)
-from agents.names import ALGOS, CONTROLLER_KINDS, PRUNING_SEARCHES, SEARCH_NAMES, controller_kind
-from agents.pretrained import PRETRAINED, policy_path
+from agents.names import ALGOS, CONTROLLER_KINDS
+from agents.pretrained import PRETRAINED
 from n2n_gym.cli import (
     OneLineParser,
     fail,
     field_docs,
-    out_folder_problem,
     set_threads,
 )
-from n2n_gym.commands.search_args import PIPELINE_FILE, STAGES, Args, stage_env
 from n2n_gym.fidelity import FIDELITY_PRESETS
+from n2n_gym.search_settings import (
+    COMPRESS_REWARD_LR,
+    PIPELINE_FILE,
+    STAGES,
+    SearchSettings,
+    SettingsRefused,
+    resolve_settings,
+)
 
 # Only what parsing needs loads with this module (no torch): a bad flag or --help answers at once.
 # The checks that need a teacher, and the search itself, import the rest when they run.
@@ -67,8 +68,8 @@ def build_parser() -> OneLineParser:
         description=__doc__.split("\n")[0],
         epilog=EXAMPLES,
     )
-    defaults = Args()
-    docs = field_docs(Args)
+    defaults = SearchSettings()
+    docs = field_docs(SearchSettings)
 
     def add(group, flag: str, **kwargs: Any) -> None:
         name = flag[2:].replace("-", "_")
@@ -252,99 +253,15 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> Args:
-    """The settings of ``argv``, every check done; a refused setting exits with one line (or,
-    with ``raise_errors``, raises :class:`~n2n_gym.cli.SettingsRefused` and prints nothing)."""
+def parse_args(argv: list[str] | None = None) -> SearchSettings:
+    """The settings of ``argv``, every check done (:func:`resolve_settings`); a refused setting
+    exits with one line."""
     parser = build_parser()
-    parser.raise_errors = raise_errors
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
     if ns.rerun is not None:
-        return parse_args(_rerun_argv(parser, ns, argv), raise_errors)
-    stages = _parse_stages(parser, ns.stages, ns.pipeline)
-    for stage in set(stages) - {"final"}:
-        try:
-            stage_env(ns.env, stage)
-        except ValueError as error:
-            parser.error(f"{error}; a pipeline starts from N2NRemoval-v2 or a paper removal id")
-    env_kwargs = _task_flags(parser, ns, _json_object(parser, "--env-kwargs", ns.env_kwargs))
-    agent_settings = _json_object(parser, "--hyperparams", ns.hyperparams)
-    _check_hyperparams(parser, ns.algo, agent_settings)
-    if ns.init_policy is not None:
-        if ns.algo in SEARCH_NAMES:
-            parser.error(f"--init-policy starts a trained policy; --algo {ns.algo} has none")
-        try:
-            policy_path(ns.init_policy)
-        except ValueError as error:
-            parser.error(str(error))
-    if ns.controller is not None:
-        if ns.algo != "reinforce":
-            parser.error(f"--controller chooses reinforce's controller; --algo {ns.algo} has none")
-        if ns.init_policy:
-            parser.error("--controller builds a new agent; --init-policy loads one with its own")
-        try:
-            ns.controller = controller_kind(ns.controller)
-        except ValueError as error:
-            parser.error(f"--controller: {error}")
-    if ns.out is not None and (problem := out_folder_problem(ns.out)):
-        parser.error(f"--out {ns.out}: {problem}")
-    for name in ("budget", "n_envs", "checkpoint_every", "threads"):
-        if getattr(ns, name) is not None and getattr(ns, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if ns.workers < 0:
-        parser.error("--workers must be 0 (evaluate in the environments) or more")
-    if ns.ray_address and importlib.util.find_spec("ray") is None:
-        parser.error("--ray-address (or RAY_ADDRESS) needs Ray: pip install '.[ray]'")
-    if ns.env not in gym.registry:
-        known = ", ".join(sorted(i for i in gym.registry if i.startswith("N2N")))
-        parser.error(f"--env {ns.env!r} is not registered; known: {known}")
-    if ns.start_from is not None:
-        if stages or not ns.env.startswith("N2NShrink"):
-            parser.error(
-                "--start-from continues a removal run with a shrink search: use it with "
-                "--env N2NShrink-v2 (a pipeline passes it between its stages by itself)"
-            )
-        env_kwargs["start_from"] = ns.start_from
-    from n2n_gym.commands.search_loop import search_task  # the checks below load the task
-    from n2n_gym.finalize import FINAL_TRAINING
-    from n2n_gym.task import TaskError
-
-    final = _json_object(parser, "--final-kwargs", ns.final_kwargs)
-    try:
-        replace(FINAL_TRAINING, **final)
-    except (TypeError, ValueError) as error:
-        parser.error(f"--final-kwargs: {error}")
-    shrink_kwargs = _json_object(parser, "--shrink-kwargs", ns.shrink_kwargs)
-    if ns.compress is not None:
-        target = _compress_constraint(parser, ns, env_kwargs, stages)
-        if stages:
-            shrink_kwargs = _merge_stage(parser, shrink_kwargs, target, env_kwargs)
-        else:
-            env_kwargs = _merge_stage(parser, env_kwargs, target, {})
-    if shrink_kwargs and "shrink" not in stages:
-        parser.error(
-            "--shrink-kwargs applies to a pipeline's shrink stage: add --pipeline (or --stages "
-            "removal,shrink)"
-        )
-    for stage in stages or ("search",):
-        if stage == "final":
-            continue
-        env_id = ns.env if stage == "search" else stage_env(ns.env, stage)
-        kwargs = dict(env_kwargs)
-        if stage == "shrink":
-            kwargs.update(shrink_kwargs)
-            kwargs.pop("start_from", None)  # the pipeline passes stage 1's result
-        flag = "--shrink-kwargs" if stage == "shrink" and shrink_kwargs else "--env-kwargs"
-        try:
-            task, _ = search_task(env_id, kwargs, device=ns.device, ray_address=ns.ray_address)
-        except TaskError as error:
-            given = _given_task_flags(ns, stage == "shrink" and bool(shrink_kwargs))
-            parser.error(f"{env_id}{f' ({given})' if given else ''}: {error}")
-        if ns.algo in PRUNING_SEARCHES and task.halving is None:
-            parser.error(
-                f"--algo {ns.algo} prunes at successive-halving rungs: add halving to {flag}, "
-                'e.g. \'{"halving": {"eta": 3, "rungs": [0.25, 0.5]}}\''
-            )
+        return parse_args(_rerun_argv(parser, ns, argv))
+    stages = STAGES if ns.pipeline else _split_stages(parser, ns.stages)
     skip = (
         *TASK_FLAGS,
         "rerun",
@@ -356,16 +273,24 @@ def parse_args(argv: list[str] | None = None, raise_errors: bool = False) -> Arg
         "shrink_kwargs",
         "hyperparams",
     )
-    values = {k: v for k, v in vars(ns).items() if k not in skip}
-    return Args(
-        **values,
-        env_kwargs=env_kwargs,
-        hyperparams=agent_settings,
+    settings = SearchSettings(
+        **{k: v for k, v in vars(ns).items() if k not in skip},
+        env_kwargs=_task_flags(parser, ns, _json_object(parser, "--env-kwargs", ns.env_kwargs)),
+        hyperparams=_json_object(parser, "--hyperparams", ns.hyperparams),
         stages=stages,
-        shrink_kwargs=shrink_kwargs,
-        final=final,
+        shrink_kwargs=_json_object(parser, "--shrink-kwargs", ns.shrink_kwargs),
+        final=_json_object(parser, "--final-kwargs", ns.final_kwargs),
         argv=argv,
     )
+    try:
+        return resolve_settings(
+            settings,
+            compress=ns.compress,
+            start_from=ns.start_from,
+            given_task=lambda shrink: _given_task_flags(ns, shrink),
+        )
+    except SettingsRefused as error:
+        parser.error(str(error))
 
 
 def _rerun_argv(
@@ -424,9 +349,6 @@ TASK_FLAGS = (
 )
 # --reward-* flags -> the fidelity (DistillConfig) fields they set.
 REWARD_FLAGS = {"reward_lr": "lr", "reward_images": "transfer_size", "reward_epochs": "epochs"}
-# --compress: the walkthrough's finding (README): a shrink stage limited to teacher / N
-# parameters, rewarded at this distillation learning rate, which ranks small students better.
-COMPRESS_REWARD_LR = 2e-3
 
 
 def _given_task_flags(ns: argparse.Namespace, shrink: bool) -> str:
@@ -435,7 +357,7 @@ def _given_task_flags(ns: argparse.Namespace, shrink: bool) -> str:
     flags = [
         f"--{name.replace('_', '-')}"
         for name in names
-        if getattr(ns, name, None) not in (None, Args.device)
+        if getattr(ns, name, None) not in (None, SearchSettings.device)
     ]
     if ns.env_kwargs and ns.env_kwargs.strip() != "{}":
         flags.append("--env-kwargs")
@@ -476,75 +398,6 @@ def _task_flags(
     return kwargs
 
 
-def _compress_constraint(
-    parser: argparse.ArgumentParser,
-    ns: argparse.Namespace,
-    env_kwargs: dict[str, Any],
-    stages: tuple[str, ...],
-) -> dict[str, Any]:
-    """The shrink stage's settings --compress N stands for: a parameter limit and its fidelity."""
-    text = str(ns.compress).strip().lower().removesuffix("x")
-    try:
-        factor = float(text)
-    except ValueError:
-        factor = 0.0
-    if not 1 < factor < math.inf:  # NaN fails too
-        parser.error(
-            f"--compress {ns.compress!r}: give a finite factor above 1, e.g. --compress 10x"
-        )
-    if not stages and not ns.env.startswith(("N2NShrink", "N2NJoint")):
-        parser.error(
-            "--compress limits the shrink stage (a limit on removal alone forces a poor start): "
-            "add --pipeline, or search a shrink or joint environment"
-        )
-    from n2n_gym.envs import EnvConfigError, task_for
-
-    try:
-        task, _ = task_for(ns.env, env_kwargs)
-    except EnvConfigError as error:
-        parser.error(f"--compress: {error}")
-    return {
-        "constraints": {"max_params": int(task.teacher_spec.params / factor)},
-        "fidelity": {"lr": COMPRESS_REWARD_LR},
-    }
-
-
-def _merge_stage(
-    parser: argparse.ArgumentParser,
-    kwargs: dict[str, Any],
-    target: dict[str, Any],
-    base: dict[str, Any],
-) -> dict[str, Any]:
-    """A stage's kwargs with --compress's settings over ``base`` (the pipeline's --env-kwargs,
-    which the stage's own kwargs override): a second parameter limit is refused, a fidelity the
-    user chose is kept."""
-    merged = dict(kwargs)
-    constraints = {**(base.get("constraints") or {}), **(merged.get("constraints") or {})}
-    if "max_params" in constraints:
-        parser.error(
-            "--compress and another parameter limit (--max-params, --env-kwargs or "
-            "--shrink-kwargs) both limit parameters: give one"
-        )
-    merged["constraints"] = {**constraints, **target["constraints"]}
-    if merged.get("fidelity") is None and base.get("fidelity") is None:
-        merged["fidelity"] = target["fidelity"]
-    return merged
-
-
-def _check_hyperparams(parser: argparse.ArgumentParser, algo: str, settings: dict) -> None:
-    """Unknown hyperparameter names fail here, before any folder exists."""
-    from agents import SEARCHES, agent_class
-
-    cls = SEARCHES[algo] if algo in SEARCHES else agent_class(algo)
-    known = set(inspect.signature(cls.__init__).parameters) - {"self", "env", "policy", "seed"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        parser.error(
-            f"--hyperparams: {algo} has no hyperparameter {', '.join(unknown)}; it takes "
-            f"{', '.join(sorted(known)) or 'none'}"
-        )
-
-
 def _json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -555,21 +408,13 @@ def _json_object(parser: argparse.ArgumentParser, flag: str, text: str) -> dict[
     return value
 
 
-def _parse_stages(
-    parser: argparse.ArgumentParser, text: str | None, pipeline: bool
-) -> tuple[str, ...]:
-    if pipeline:
-        return STAGES
-    if not text:
+def _split_stages(parser: argparse.ArgumentParser, text: str | None) -> tuple[str, ...]:
+    """``--stages removal,shrink`` as a tuple (checked with the other settings)."""
+    if text is None:
         return ()
     stages = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [stage for stage in stages if stage not in STAGES]
-    if unknown or not stages:
+    if not stages:
         parser.error(f"--stages {text!r}: choose from {','.join(STAGES)}, e.g. removal,shrink")
-    if "final" in stages[:-1] or stages == ("final",):
-        parser.error("--stages: 'final' trains the last search's best student, so it comes last")
-    if len(set(stages)) != len(stages):
-        parser.error(f"--stages {text!r} names a stage twice")
     return stages
 
 
@@ -599,12 +444,13 @@ def run_logged(argv: list[str], log_path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        from n2n_gym.commands.search_loop import run_pipeline, run_search
+        from n2n_gym.search_loop import SearchFailed, run_pipeline, run_search
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         console = Console()
-        if args.stages:
-            return run_pipeline(args, console)
-        return run_search(args, console)
+        try:
+            return (run_pipeline if args.stages else run_search)(args, console)
+        except SearchFailed as error:
+            return fail(str(error))
     except KeyboardInterrupt as error:  # while starting up, or a final training cut short
         return fail(str(error) or "interrupted", 130)

@@ -1,8 +1,9 @@
-"""Running a search that :mod:`n2n_gym.commands.train` parsed: its environments, the agent, the
-run records, the two-stage pipeline and the summaries.
+"""Running a search or a pipeline from checked :class:`~n2n_gym.search_settings.SearchSettings`:
+its environments, the agent, the run records, the two-stage pipeline and the summaries.
 
-Kept apart from the command's parser so that ``n2n-gym train --help`` and a bad flag answer
-before torch, Stable-Baselines3 and the rest load.
+``n2n-gym train`` and ``n2n_gym.compress()`` both run their settings through here. Kept apart
+from the settings so that ``n2n-gym train --help`` and a bad flag answer before torch,
+Stable-Baselines3 and the rest load.
 """
 
 from __future__ import annotations
@@ -37,16 +38,13 @@ from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import (
     cores,
-    fail,
     progress,
     set_threads,
     show_table,
 )
-from n2n_gym.commands.final_training import finish_with_progress
-from n2n_gym.commands.search_args import PIPELINE_FILE, Args, stage_env
-from n2n_gym.commands.shared_cores import warn_shared_cores
-from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError, task_for
+from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError
 from n2n_gym.envs.vector import ThreadedVecEnv
+from n2n_gym.final_training import finish_with_progress
 from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
@@ -57,6 +55,8 @@ from n2n_gym.runs import (
     write_best_weights,
     write_json_atomic,
 )
+from n2n_gym.search_settings import PIPELINE_FILE, SearchSettings, search_task, stage_env
+from n2n_gym.shared_cores import warn_shared_cores
 from n2n_gym.task import Task, TaskError
 
 
@@ -141,7 +141,7 @@ class BudgetAndCheckpoints(BaseCallback):
         self.saved_at = self.recorder.evaluations
 
 
-def make_agent(args: Args, venv: VecEnv, run_dir: Path, episode_length: int, done: int):
+def make_agent(args: SearchSettings, venv: VecEnv, run_dir: Path, episode_length: int, done: int):
     """The agent for ``args.algo``: fresh, resumed from the run's checkpoint, or from --init-policy."""
     tb = str(run_dir / "tb")
     settings = {**hyperparams(args.algo, args.env), **args.hyperparams}
@@ -193,7 +193,7 @@ def _make_env(env_id: str, env_kwargs: dict[str, Any], threads: int | None = Non
 
 
 def make_vec_env(
-    args: Args, task: Task, options: dict[str, Any], threads: int
+    args: SearchSettings, task: Task, options: dict[str, Any], threads: int
 ) -> tuple[VecEnv, Any]:
     """The search's environments and the back-end they share (``None`` without workers).
 
@@ -227,48 +227,33 @@ def make_vec_env(
     return ThreadedVecEnv(env_fns, on_close=evaluator.close), backend
 
 
-def search_task(
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    *,
-    device: str,
-    ray_address: str | None,
-    run_dir: Path | None = None,
-) -> tuple[Task, dict[str, Any]]:
-    """A search's task and env options, checked (the device here unless Ray places it).
+class SearchFailed(RuntimeError):
+    """A search or pipeline that could not start or go on (one line: what and what to do)."""
 
-    Args:
-        env_id: the environment.
-        env_kwargs: --env-kwargs (they win over --device).
-        device: --device.
-        ray_address: --ray-address; a Ray cluster checks its own devices.
-        run_dir: the run directory, home of the run's cache unless env_kwargs name one.
+
+def run_search(args: SearchSettings, console: Console) -> int:
+    """One search on ``args.env`` with checked settings (:func:`resolve_settings`).
+
+    Returns:
+        The exit status: 0 when it reached its budget or converged, 130 when interrupted
+        (everything so far is kept), 1 when its evaluation workers were lost.
 
     Raises:
-        TaskError: a bad --env-kwargs value or --device (one line).
+        SearchFailed: it cannot start (a run already in the folder, settings that differ from
+            the run it resumes, a task or workers that fail to start).
     """
-    defaults: dict[str, Any] = {"device": device}
-    if run_dir is not None:
-        # A per-run cache: a student the agent proposes again costs nothing the second time.
-        defaults["cache_path"] = str(run_dir / "rewards.sqlite")
-    task, options = task_for(env_id, {**defaults, **env_kwargs})
-    if not ray_address:
-        task.check_device()
-    return task, options
-
-
-def run_search(args: Args, console: Console) -> int:
-    """One search on ``args.env``; returns the exit status."""
     run_dir = Path(args.out or f"runs/{args.env}-{args.algo}-{args.seed}")
     if (run_dir / CONFIG_FILE).exists() and not args.resume:
-        return fail(f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR")
+        raise SearchFailed(
+            f"{run_dir} already holds a run: pass --resume to continue it, or --out DIR"
+        )
     if args.resume and (run_dir / CONFIG_FILE).exists():
         recorded = json.loads((run_dir / CONFIG_FILE).read_text())
         if args.n_envs is None:  # keep the recorded concurrency, whatever --workers is now
             args = replace(args, n_envs=recorded.get("n_envs"))
         conflict = resume_conflict(recorded, {**asdict(args), "out": str(run_dir)})
         if conflict:
-            return fail(f"{run_dir}: {conflict}")
+            raise SearchFailed(f"{run_dir}: {conflict}")
     try:
         task, options = search_task(
             args.env,
@@ -282,7 +267,7 @@ def run_search(args: Args, console: Console) -> int:
             args.env, **task.replace(measurer="proxy", table=None).to_dict(), **options
         )
     except (TaskError, EnvConfigError) as error:
-        return fail(f"{args.env}: {error}")
+        raise SearchFailed(f"{args.env}: {error}") from None
     episode_length = probe.unwrapped.num_steps
     probe.close()
     # Every core by default; workers and subprocess environments divide them.
@@ -294,7 +279,7 @@ def run_search(args: Args, console: Console) -> int:
         if backend is not None:
             backend.start()  # a worker that cannot start stops the search before any folder
     except (TaskError, BackendConfigError) as error:
-        return fail(f"cannot start the evaluation workers: {error}")
+        raise SearchFailed(f"cannot start the evaluation workers: {error}") from None
     recorder = RunRecorder(run_dir, args.algo, args.seed)
     done = recorder.stop_reason(args.budget)
     if done is not None:
@@ -373,20 +358,24 @@ def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:
         )
 
 
-def run_pipeline(args: Args, console: Console) -> int:
-    """Removal, then shrinkage of its best student, then final training and the test report."""
+def run_pipeline(args: SearchSettings, console: Console) -> int:
+    """Removal, then shrinkage of its best student, then final training and the test report.
+
+    Returns the exit status of the stage that stopped it (0 when all finished); raises
+    :class:`SearchFailed` as :func:`run_search` does.
+    """
     out = Path(args.out or f"runs/pipeline-{args.algo}-{args.seed}")
     if args.resume and (out / PIPELINE_FILE).exists():
         conflict = resume_conflict(
             json.loads((out / PIPELINE_FILE).read_text()), {**asdict(args), "out": str(out)}
         )
         if conflict:
-            return fail(f"{out}: {conflict}")
+            raise SearchFailed(f"{out}: {conflict}")
     previous: Path | None = None
     for number, stage in enumerate(args.stages, 1):
         if stage == "final":
             if previous is None:
-                return fail("--stages final needs a search stage before it")
+                raise SearchFailed("--stages final needs a search stage before it")
             console.rule(f"stage {number}: final training of the best student")
             config = replace(FINAL_TRAINING, **args.final)
             finish_with_progress(previous, console, config=config, device=args.device, out_dir=out)
