@@ -40,11 +40,10 @@ from n2n_gym.benchmark import (
     _ci,
     _fmt,
     _pick,
-    _plot_profile,
     _span,
-    _styles,
     stability,
 )
+from n2n_gym.benchmark_plots import plot_profile, styles
 from n2n_gym.statistics import improvement_estimates, iqm_estimates
 
 __all__ = ["SUITE_ENVS", "SuiteReport", "normalised_regret", "suite_report", "suite_table"]
@@ -209,7 +208,7 @@ def suite_report(
     )
     atomic_write(files["markdown"], lambda tmp: tmp.write_text(suite_markdown(report) + "\n"))
     _plot_iqm(report, files["iqm"])
-    _plot_profile(scores[budgets[-1]], files["profile"], reps, seed, "final normalised regret τ")
+    plot_profile(scores[budgets[-1]], files["profile"], reps, seed, "final normalised regret τ")
     return report
 
 
@@ -294,11 +293,11 @@ def _plot_iqm(report: SuiteReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = _styles(sorted(row["algo"] for row in report.rows))
+    style_of = styles(sorted(row["algo"] for row in report.rows))
     for row in report.rows:
         y = [row["budgets"][str(b)]["iqm"] for b in report.budgets]
         band = np.array([row["budgets"][str(b)]["ci"] for b in report.budgets])
-        style = styles[row["algo"]]
+        style = style_of[row["algo"]]
         ax.plot(report.budgets, y, marker="o", label=row["algo"], linewidth=1.8, **style)
         ax.fill_between(report.budgets, band[:, 0], band[:, 1], color=style["color"], alpha=0.15)
     ax.set_xscale("log")
