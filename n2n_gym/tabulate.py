@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.snapshot:
         if not (folder / "manifest.json").is_file():
             return fail(f"--snapshot: {folder} holds no build yet; pass the --build-dir of one")
-        table = build.assemble(None, partial=True)
+        table = build.assemble(None, build_seconds=build.wall_seconds(), partial=True)
         table = replace(
             table, build=table.build | {"provisional": f"{len(table)} of {len(build.students)}"}
         )
