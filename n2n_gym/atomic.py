@@ -32,6 +32,25 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def write_gzip_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as compact, key-sorted JSON, gzipped, atomically; the same data gives the
+    same bytes (no time stamp in the gzip header)."""
+    import gzip
+
+    path = Path(path)
+    text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    def write(tmp: Path) -> None:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+        ):
+            out.write(text.encode())
+
+    atomic_write(path, write)
+    return path
+
+
 def json_line(data: Any) -> str:
     """One compact JSON line (numpy values allowed)."""
     return json.dumps(data, default=_jsonable)

@@ -609,23 +609,33 @@ def _span(seeds: list[int]) -> str:
     )
 
 
-def markdown_table(report: BenchmarkReport) -> str:
-    """The report as a Markdown table (keeps every column however it is displayed)."""
-    header, rows = _cells(report)
-    lines = [_caption(report), "", "| " + " | ".join(header) + " |"]
+def report_markdown(
+    caption: str, header: list[str], rows: list[list[str]], notes: list[str]
+) -> str:
+    """A report's table as Markdown: its caption, the table (every column kept), its notes."""
+    lines = [caption, "", "| " + " | ".join(header) + " |"]
     lines.append("| " + " | ".join("---" for _ in header) + " |")
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join([*lines, "", *_notes(report)])
+    return "\n".join([*lines, "", *notes])
 
 
-def benchmark_table(report: BenchmarkReport):
-    """The report as a rich table for a terminal (``benchmark.md`` holds the same)."""
+def report_table(caption: str, header: list[str], rows: list[list[str]], notes: list[str]):
+    """The same as a rich table for a terminal."""
     from rich.table import Table
 
-    header, rows = _cells(report)
-    table = Table(title=_caption(report), caption=" ".join(_notes(report)))
+    table = Table(title=caption, caption=" ".join(notes))
     for column in header:
         table.add_column(column, justify="left" if column == "algorithm" else "right")
     for cells in rows:
         table.add_row(*cells)
     return table
+
+
+def markdown_table(report: BenchmarkReport) -> str:
+    """The report as a Markdown table (keeps every column however it is displayed)."""
+    return report_markdown(_caption(report), *_cells(report), _notes(report))
+
+
+def benchmark_table(report: BenchmarkReport):
+    """The report as a rich table for a terminal (``benchmark.md`` holds the same)."""
+    return report_table(_caption(report), *_cells(report), _notes(report))

@@ -41,6 +41,8 @@ from n2n_gym.benchmark import (
     _fmt,
     _pick,
     _span,
+    report_markdown,
+    report_table,
     stability,
 )
 from n2n_gym.benchmark_plots import plot_profile, styles
@@ -266,24 +268,12 @@ def _notes(report: SuiteReport) -> list[str]:
 
 def suite_markdown(report: SuiteReport) -> str:
     """The suite's table as Markdown."""
-    header, rows = _cells(report)
-    lines = [_caption(report), "", "| " + " | ".join(header) + " |"]
-    lines.append("| " + " | ".join("---" for _ in header) + " |")
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join([*lines, "", *_notes(report)])
+    return report_markdown(_caption(report), *_cells(report), _notes(report))
 
 
 def suite_table(report: SuiteReport):
     """The suite's table for a terminal."""
-    from rich.table import Table
-
-    header, rows = _cells(report)
-    table = Table(title=_caption(report), caption=" ".join(_notes(report)))
-    for column in header:
-        table.add_column(column, justify="left" if column == "algorithm" else "right")
-    for cells in rows:
-        table.add_row(*cells)
-    return table
+    return report_table(_caption(report), *_cells(report), _notes(report))
 
 
 def _plot_iqm(report: SuiteReport, path: Path) -> None:

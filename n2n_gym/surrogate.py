@@ -31,9 +31,7 @@ A surrogate refuses tasks it was not fit for, as a table does. Fit one with
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
-import json
 import logging
 import math
 import os
@@ -48,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, StudentPlan
+from n2n_gym.atomic import write_gzip_json_atomic
 from n2n_gym.cache import json_digest
 from n2n_gym.grid import Grid
 from n2n_gym.measure import Measurement
@@ -387,17 +386,7 @@ class Surrogate(RowScorer):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the gzipped JSON file atomically (the same surrogate gives the same bytes)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-        with (
-            open(partial, "wb") as raw,
-            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
-        ):
-            out.write(text.encode())
-        os.replace(partial, path)
-        return path
+        return write_gzip_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "surrogate") -> Surrogate:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from n2n_gym.arch import NetworkSpec, StudentDescription, StudentPlan
+from n2n_gym.atomic import write_gzip_json_atomic
 from n2n_gym.cache import json_digest, student_identity
 from n2n_gym.grid import Grid
 from n2n_gym.measure import Gate, Measurement, Measurer
@@ -334,19 +335,8 @@ class Table(RowScorer):
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the gzipped JSON file atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-        # mtime=0: the same table gives the same bytes.
-        with (
-            open(partial, "wb") as raw,
-            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
-        ):
-            out.write(text.encode())
-        os.replace(partial, path)
-        return path
+        """Write the gzipped JSON file atomically (the same one gives the same bytes)."""
+        return write_gzip_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "table") -> Table:
