@@ -6,6 +6,10 @@ steeply for the first savings and flattens towards 1, so the accuracy term decid
 that are already small. Optional constraints (maximum parameters or FLOPs, minimum accuracy) turn a
 violating student's reward into −1, either at once (``"hard"``) or phased in over the first policy
 updates (``"annealed"``), as the original implementation did.
+
+``objective="accuracy"`` is AMC's resource-constrained mode instead: the size is fixed by the
+constraints and the reward is the accuracy term alone, so a student below the limit earns
+nothing for being smaller still.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ __all__ = ["VIOLATION_REWARD", "RewardConfig", "RewardParts", "compute_reward"]
 
 ConstraintMode = Literal["hard", "annealed"]
 CONSTRAINT_MODES: tuple[str, ...] = ("hard", "annealed")
+Objective = Literal["n2n", "accuracy"]
+OBJECTIVES: tuple[str, ...] = ("n2n", "accuracy")
 
 # What a violating student earns once a constraint is fully enforced: the paper's -1, the same value
 # an invalid architecture gets, so a policy learns that both are equally useless.
@@ -37,6 +43,9 @@ class RewardConfig:
         anneal_steps: policy updates over which an annealed penalty reaches full strength.
         reward_on_error: reward of a student that cannot be evaluated (invalid architecture,
             diverged distillation, out of memory).
+        objective: ``"n2n"``: the paper's ``C(2 − C) · R_a``. ``"accuracy"``: ``R_a`` alone,
+            for a size fixed by ``max_params`` or ``max_flops`` (AMC's resource-constrained
+            search: within the limit, accuracy is all that counts).
     """
 
     max_params: int | None = None
@@ -45,6 +54,7 @@ class RewardConfig:
     constraint_mode: ConstraintMode = "hard"
     anneal_steps: int = 15
     reward_on_error: float = -1.0
+    objective: Objective = "n2n"
 
     def __post_init__(self) -> None:
         for name in ("max_params", "max_flops"):
@@ -68,6 +78,15 @@ class RewardConfig:
             raise ValueError(
                 f"RewardConfig.constraint_mode={self.constraint_mode!r} must be one of "
                 f"{', '.join(CONSTRAINT_MODES)}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"RewardConfig.objective={self.objective!r} must be one of {', '.join(OBJECTIVES)}"
+            )
+        if self.objective == "accuracy" and self.max_params is None and self.max_flops is None:
+            raise ValueError(
+                "RewardConfig.objective='accuracy' rewards accuracy alone, so it needs the size "
+                "fixed: give max_params or max_flops too"
             )
         if (
             isinstance(self.anneal_steps, bool)
@@ -135,7 +154,8 @@ def compute_reward(
     config: RewardConfig | None = None,
     progress: int | None = None,
 ) -> RewardParts:
-    """The N2N reward ``R = C(2 − C) · accuracy / teacher_accuracy`` with optional constraints.
+    """The N2N reward ``R = C(2 − C) · accuracy / teacher_accuracy`` with optional constraints
+    (``R = accuracy / teacher_accuracy`` under ``objective="accuracy"``).
 
     A student that violates a constraint is penalised towards −1 (:data:`VIOLATION_REWARD`):
 
@@ -177,7 +197,9 @@ def compute_reward(
     compression = 1.0 - params / teacher_params
     compression_term = compression * (2.0 - compression)
     accuracy_term = accuracy / teacher_accuracy
-    unconstrained = compression_term * accuracy_term
+    unconstrained = (
+        accuracy_term if config.objective == "accuracy" else compression_term * accuracy_term
+    )
 
     violated = tuple(
         name

@@ -140,3 +140,46 @@ def test_compute_reward_rejects_impossible_numbers(kwargs):
 def test_zero_teacher_accuracy_is_an_error():
     with pytest.raises(ValueError, match="teacher_accuracy"):
         compute_reward(0.5, 0.0, 10, 100, 1)
+
+
+def test_the_accuracy_objective_rewards_accuracy_alone_within_a_fixed_size():
+    """AMC's resource-constrained mode: below the limit a smaller student earns nothing more."""
+    config = RewardConfig(max_params=40_000, objective="accuracy")
+    small = compute_reward(0.97, 0.99, 5_000, TEACHER_PARAMS, 1, config)
+    larger = compute_reward(0.98, 0.99, 39_000, TEACHER_PARAMS, 1, config)
+    assert small.reward == pytest.approx(0.97 / 0.99)
+    assert larger.reward == pytest.approx(0.98 / 0.99) and larger.reward > small.reward
+    # The paper's reward prefers the smaller one: that is what the objective changes.
+    plain = RewardConfig(max_params=40_000)
+    assert compute_reward(0.97, 0.99, 5_000, TEACHER_PARAMS, 1, plain).reward > compute_reward(
+        0.98, 0.99, 39_000, TEACHER_PARAMS, 1, plain
+    ).reward
+    over = compute_reward(1.0, 0.99, 50_000, TEACHER_PARAMS, 1, config)
+    assert over.reward == VIOLATION_REWARD and over.violated == ("max_params",)
+    with pytest.raises(ValueError, match="needs the size fixed: give max_params or max_flops"):
+        RewardConfig(objective="accuracy")
+    with pytest.raises(ValueError, match="objective='speed' must be one of n2n, accuracy"):
+        RewardConfig(max_params=1, objective="speed")
+
+
+def test_an_env_searches_under_the_accuracy_objective():
+    """On the table env: a small student earns its accuracy ratio, the teacher-sized one −1."""
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401
+
+    limit = 20_000
+    env = gym.make("N2NJoint-Tab-v0", constraints={"max_params": limit, "objective": "accuracy"})
+    for remove in (True, False):
+        env.reset(seed=0)
+        done = False
+        while not done:
+            mask = env.unwrapped.action_masks()
+            action = 0 if remove and mask[0] else len(mask) - 1  # remove, or keep whole
+            _, reward, done, _, info = env.step(action)
+        if remove:
+            assert info["params"] <= limit
+            assert reward == pytest.approx(info["accuracy"] / info["teacher_accuracy"])
+        else:
+            assert info["params"] > limit and reward == VIOLATION_REWARD
+    env.close()
