@@ -8,9 +8,13 @@ Stable-Baselines3 and the rest load.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -38,6 +42,7 @@ from agents.sb3 import make_sb3_agent
 from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import (
     cores,
+    fail,
     progress,
     set_threads,
     show_table,
@@ -225,6 +230,40 @@ def make_vec_env(
     shared = {**env_kwargs, "evaluator": evaluator}
     env_fns = [partial(_make_env, args.env, shared) for _ in range(args.n_envs)]
     return ThreadedVecEnv(env_fns, on_close=evaluator.close), backend
+
+
+@contextlib.contextmanager
+def output_to(log_path: str | Path) -> Iterator[None]:
+    """Everything a search prints (and logs) goes to ``log_path``; one torch thread.
+
+    A benchmark's worker processes run search after search under this (no start-up per run).
+    """
+    set_threads(1)
+    with (
+        open(log_path, "w") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
+        root = logging.getLogger()
+        for handler in root.handlers[:]:  # the last run's handler wrote to its own log
+            root.removeHandler(handler)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        yield
+
+
+def run_search_logged(settings: SearchSettings, log_path: str) -> int:
+    """Check and run one search with everything it prints in ``log_path``; its exit status
+    (2: refused or could not start, the reason in the log; 1: it failed)."""
+    from n2n_gym.search_settings import SettingsRefused, resolve_settings
+
+    with output_to(log_path):
+        try:
+            return run_search(resolve_settings(settings), Console())
+        except (SettingsRefused, SearchFailed) as error:
+            return fail(str(error))
+        except Exception:
+            traceback.print_exc()
+            return 1
 
 
 class SearchFailed(RuntimeError):

@@ -66,7 +66,7 @@ class SettingNames:
         return self.prefix + (name.replace("_", "-") if self.dashes else name)
 
 
-CLI_NAMES = SettingNames("--", True, {"final": "--final-kwargs"})
+CLI_NAMES = SettingNames("--", True, {"final": "--final-kwargs", "envs": "--env"})
 API_NAMES = SettingNames("", False, {"env_kwargs": "keyword arguments"})
 
 

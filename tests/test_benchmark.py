@@ -399,3 +399,33 @@ def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
     for algo in scores:
         assert profile[algo].tolist() == ref_profile[algo].tolist()
         assert cis[algo].tolist() == ref_cis[algo].tolist()
+
+
+def test_the_benchmark_runs_from_python_with_typed_settings(proxy_table, tmp_path):
+    """The library the command calls: settings checked in Python's terms, runs, reports."""
+    from rich.console import Console
+
+    from n2n_gym.benchmark_runner import BenchmarkSettings, resolve_benchmark, run_benchmark
+    from n2n_gym.search_settings import API_NAMES, SettingsRefused
+
+    with pytest.raises(SettingsRefused, match="^algos: unknown foo; choose from reinforce"):
+        resolve_benchmark(BenchmarkSettings(algos=("random", "foo")), names=API_NAMES)
+    with pytest.raises(SettingsRefused, match="^seeds must be at least 1"):
+        resolve_benchmark(BenchmarkSettings(seeds=0), names=API_NAMES)
+    settings = resolve_benchmark(
+        BenchmarkSettings(
+            envs=(ENV,),
+            algos=("random", "evolution"),
+            seeds=2,
+            budgets=(10,),
+            workers=1,
+            env_kwargs={"table": str(proxy_table)},
+            out=tmp_path / "bench",
+        ),
+        names=API_NAMES,
+    )
+    result = run_benchmark(settings, Console(quiet=True))
+    assert result.failed == [] and result.suite is None
+    rows = {row["algo"]: row for row in result.reports[ENV].rows}
+    assert set(rows) == {"random", "evolution"} and rows["random"]["runs"] == 2
+    assert (tmp_path / "bench" / "evolution-1" / "summary.json").is_file()

@@ -18,7 +18,6 @@ evaluations.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ from n2n_gym.cli import (
     OneLineParser,
     fail,
     field_docs,
-    set_threads,
 )
 from n2n_gym.fidelity import FIDELITY_PRESETS
 from n2n_gym.search_settings import (
@@ -419,19 +417,11 @@ def _split_stages(parser: argparse.ArgumentParser, text: str | None) -> tuple[st
 
 
 def run_logged(argv: list[str], log_path: str) -> int:
-    """Run one search with everything it prints in ``log_path``; returns its exit status.
+    """Run one search's command line with everything it prints in ``log_path``; returns its exit
+    status (scripts that run many searches in worker processes, e.g. bench/tune_hyperparams.py)."""
+    from n2n_gym.search_loop import output_to
 
-    A benchmark's worker processes call this for run after run (no start-up per run).
-    """
-    set_threads(1)
-    with (
-        open(log_path, "w") as log,
-        contextlib.redirect_stdout(log),
-        contextlib.redirect_stderr(log),
-    ):
-        root = logging.getLogger()
-        for handler in root.handlers[:]:  # the last run's handler wrote to its own log
-            root.removeHandler(handler)
+    with output_to(log_path):
         try:
             return main(argv)
         except SystemExit as error:  # bad arguments: the message is in the log
