@@ -89,6 +89,11 @@ def test_a_surrogate_predicts_held_out_students_and_their_noise(surrogate_file, 
     assert noise["test_predicted_accuracy_std"] == pytest.approx(
         noise["test_measured_accuracy_std"], rel=0.5
     )
+    # No student's noise above nearly every measured student's (one outlier does not set it).
+    table = load_table(noisy_table)
+    stds = [float(np.std(r.seed_accuracies, ddof=1)) for r in table.rows.values() if r.seeds >= 2]
+    assert np.quantile(stds, 0.5) < noise["cap"] <= max(stds)
+    assert surrogate.noise_cap == noise["cap"]
     # The target: the best predicted reward, at least the best the training table measured.
     table = load_table(noisy_table)
     target = surrogate.target()
