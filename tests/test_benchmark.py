@@ -408,9 +408,9 @@ def test_the_benchmark_runs_from_python_with_typed_settings(proxy_table, tmp_pat
     from n2n_gym.benchmark_runner import BenchmarkSettings, resolve_benchmark, run_benchmark
     from n2n_gym.search_settings import API_NAMES, SettingsRefused
 
-    with pytest.raises(SettingsRefused, match="^algos: unknown foo; choose from reinforce"):
+    with pytest.raises(SettingsRefused, match=r"^algos: unknown foo; choose from reinforce"):
         resolve_benchmark(BenchmarkSettings(algos=("random", "foo")), names=API_NAMES)
-    with pytest.raises(SettingsRefused, match="^seeds must be at least 1"):
+    with pytest.raises(SettingsRefused, match=r"^seeds must be at least 1"):
         resolve_benchmark(BenchmarkSettings(seeds=0), names=API_NAMES)
     settings = resolve_benchmark(
         BenchmarkSettings(
