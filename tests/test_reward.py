@@ -151,9 +151,10 @@ def test_the_accuracy_objective_rewards_accuracy_alone_within_a_fixed_size():
     assert larger.reward == pytest.approx(0.98 / 0.99) and larger.reward > small.reward
     # The paper's reward prefers the smaller one: that is what the objective changes.
     plain = RewardConfig(max_params=40_000)
-    assert compute_reward(0.97, 0.99, 5_000, TEACHER_PARAMS, 1, plain).reward > compute_reward(
-        0.98, 0.99, 39_000, TEACHER_PARAMS, 1, plain
-    ).reward
+    assert (
+        compute_reward(0.97, 0.99, 5_000, TEACHER_PARAMS, 1, plain).reward
+        > compute_reward(0.98, 0.99, 39_000, TEACHER_PARAMS, 1, plain).reward
+    )
     over = compute_reward(1.0, 0.99, 50_000, TEACHER_PARAMS, 1, config)
     assert over.reward == VIOLATION_REWARD and over.violated == ("max_params",)
     with pytest.raises(ValueError, match="needs the size fixed: give max_params or max_flops"):
