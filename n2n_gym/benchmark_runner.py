@@ -191,8 +191,8 @@ def _recorded(settings: BenchmarkSettings) -> dict[str, Any]:
 
 
 def _env_dir(settings: BenchmarkSettings, env: str) -> Path:
-    assert settings.out is not None
-    return settings.out if len(settings.envs) == 1 else settings.out / env
+    out = Path(settings.out or ".")  # resolve_benchmark fills it in
+    return out if len(settings.envs) == 1 else out / env
 
 
 def _job(
@@ -283,7 +283,11 @@ def run_benchmark(settings: BenchmarkSettings, console: Console) -> BenchmarkRes
     from n2n_gym.compare import load_runs
     from n2n_gym.search_loop import run_search_logged
 
-    assert settings.out is not None, "resolve_benchmark fills in the folder"
+    if settings.out is None:
+        raise ValueError(
+            "run_benchmark: settings.out is None; pass the settings through resolve_benchmark "
+            "first (it checks them and fills in the folder)"
+        )
     jobs = _jobs(settings)
     pending = [job for job in jobs if not _finished(job.run_dir, job.budget)]
     logs = settings.out / "logs"
