@@ -206,7 +206,8 @@ def resolve_settings(
             raise SettingsRefused(
                 f"{error}; a pipeline starts from N2NRemoval-v2 or a paper removal id"
             ) from None
-    _check_hyperparams(s.algo, s.hyperparams, flag)
+    if s.hyperparams:  # the check loads the agent classes (and torch): only when there are some
+        _check_hyperparams(s.algo, s.hyperparams, flag)
     controller = s.controller
     if s.init_policy is not None:
         if s.algo in SEARCH_NAMES:
