@@ -33,6 +33,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,11 @@ def _check_match(match: str) -> None:
         raise ValueError(f"match={match!r}: choose from {', '.join(MATCHES)}")
 
 
-def _nearest(size_of: Callable[[float], int | None], target: int, match: str) -> float:
+def _nearest(
+    size_of: Callable[[float], int | None], target: int, match: str, *, at_most: bool = False
+) -> float:
     """The ratio in (0, 1] whose size (parameters or MACs) is nearest ``target`` (sizes grow
-    with it)."""
+    with it); with ``at_most`` the largest whose size is not above it."""
     low, high = 0.0, 1.0  # size_of(low) <= target < size_of(high), or high is the answer
     for _ in range(_BISECTION_STEPS):
         middle = (low + high) / 2
@@ -152,6 +155,8 @@ def _nearest(size_of: Callable[[float], int | None], target: int, match: str) ->
         else:
             high = middle
     candidates = [r for r in (low, high) if r > 0 and size_of(r) is not None]
+    if at_most:
+        candidates = [r for r in candidates if size_of(r) <= target]
     if not candidates:
         what = "parameters" if match == "params" else "MACs per image"
         raise InvalidArchitecture(f"no network of this family has about {target:,} {what}")
@@ -159,10 +164,11 @@ def _nearest(size_of: Callable[[float], int | None], target: int, match: str) ->
 
 
 def uniform_width_student(
-    teacher: NetworkSpec, target: int, match: str = "params"
+    teacher: NetworkSpec, target: int, match: str = "params", *, at_most: bool = False
 ) -> StudentDescription:
     """The teacher with every shrinkable unit at the one width ratio whose parameter count (or,
-    with ``match="flops"``, MACs per image) is nearest ``target``."""
+    with ``match="flops"``, MACs per image) is nearest ``target`` (with ``at_most``: the
+    largest not above it, for a hard size limit)."""
     _check_match(match)
     shrinkable = [rule.shrinkable for rule in unit_rules(teacher)]
 
@@ -175,7 +181,10 @@ def uniform_width_student(
         except InvalidArchitecture:
             return None
 
-    return describe(round(_nearest(size_of, target, match), 4))
+    ratio = _nearest(size_of, target, match, at_most=at_most)
+    if at_most:  # rounding must not cross the limit
+        ratio = math.floor(ratio * 10_000) / 10_000
+    return describe(round(ratio, 4))
 
 
 def magnitude_pruned(

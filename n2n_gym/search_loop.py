@@ -39,6 +39,7 @@ from agents import (
 )
 from agents.pretrained import policy_path
 from agents.sb3 import make_sb3_agent
+from n2n_gym.arch import StudentDescription
 from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import (
     cores,
@@ -49,7 +50,7 @@ from n2n_gym.cli import (
 )
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError
 from n2n_gym.envs.vector import ThreadedVecEnv
-from n2n_gym.final_training import finish_with_progress
+from n2n_gym.final_training import finish_with_progress, select_with_progress
 from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
@@ -411,13 +412,28 @@ def run_pipeline(args: SearchSettings, console: Console) -> int:
         if conflict:
             raise SearchFailed(f"{out}: {conflict}")
     previous: Path | None = None
+    selected: StudentDescription | None = None  # the select stage's choice
     for number, stage in enumerate(args.stages, 1):
         if stage == "final":
             if previous is None:
                 raise SearchFailed("--stages final needs a search stage before it")
-            console.rule(f"stage {number}: final training of the best student")
+            what = "selected" if selected is not None else "best"
+            console.rule(f"stage {number}: final training of the {what} student")
             config = replace(FINAL_TRAINING, **args.final)
-            finish_with_progress(previous, console, config=config, device=args.device, out_dir=out)
+            finish_with_progress(
+                previous,
+                console,
+                student=selected,
+                config=config,
+                device=args.device,
+                out_dir=out,
+            )
+            continue
+        if stage == "select":
+            console.rule(f"stage {number}: the student to train fully, by a short training")
+            selected = select_with_progress(
+                previous, out / f"{number}-select", replace(FINAL_TRAINING, **args.final), console
+            )
             continue
         env_id = stage_env(args.env, stage)
         env_kwargs = dict(args.env_kwargs)

@@ -37,7 +37,9 @@ __all__ = [
     "stage_env",
 ]
 
-STAGES = ("removal", "shrink", "final")
+STAGES = ("removal", "shrink", "select", "final")
+# Stages that train a chosen student instead of searching (n2n_gym.selection, n2n_gym.finalize).
+TRAINING_STAGES = ("select", "final")
 # A pipeline's own record at the top of its folder (each stage has its config.json).
 PIPELINE_FILE = "pipeline.json"
 
@@ -145,6 +147,11 @@ def check_stages(stages: tuple[str, ...], names: SettingNames = CLI_NAMES) -> tu
             f"{names.flag('stages')}: 'final' trains the last search's best student, so it "
             "comes last"
         )
+    if "select" in stages and not set(stages[: stages.index("select")]) - {"final"}:
+        raise SettingsRefused(
+            f"{names.flag('stages')}: 'select' chooses among a search's students, so a search "
+            "stage (removal, shrink) comes before it"
+        )
     if len(set(stages)) != len(stages):
         raise SettingsRefused(f"{names.flag('stages')} {text!r} names a stage twice")
     return tuple(stages)
@@ -199,7 +206,7 @@ def resolve_settings(
     stages = check_stages(s.stages, names)
     if s.algo not in ALGOS:
         raise SettingsRefused(f"{flag('algo')} {s.algo!r}: choose from {', '.join(ALGOS)}")
-    for stage in set(stages) - {"final"}:
+    for stage in set(stages) - set(TRAINING_STAGES):
         try:
             stage_env(s.env, stage, names)
         except ValueError as error:
@@ -275,7 +282,7 @@ def resolve_settings(
             f"{flag('pipeline')} (or {flag('stages')} removal,shrink)"
         )
     for stage in stages or ("search",):
-        if stage == "final":
+        if stage in TRAINING_STAGES:
             continue
         env_id = s.env if stage == "search" else stage_env(s.env, stage, names)
         kwargs = dict(env_kwargs)

@@ -180,8 +180,10 @@ def test_pipeline_runs_removal_then_shrink_then_final_training(tmp_path):
     for record in records:
         assert all(record["student"]["ratios"][i] == 0 for i in removed)
     report = json.loads((out / "report.json").read_text())
-    shrink_best = json.loads((shrink / "best_student.json").read_text())
-    assert report["student"] == shrink_best["student"]
+    # Stage 3 chose, among stage 2's best students and the uniform student, the one trained fully.
+    selection = json.loads((out / "3-select" / "selection.json").read_text())
+    chosen = [c for c in selection["candidates"].values() if c["name"] == selection["chosen"]]
+    assert report["student"] == chosen[0]["student"]
     assert load_student(out / "student.pt").params == report["params"]
 
     # Rerunning with --resume finds every stage done and only finishes again.
@@ -246,7 +248,7 @@ def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
     ("argv", "message"),
     [
         (["--stages", "final"], "comes last"),
-        (["--stages", "removal,nope"], "choose from removal,shrink,final"),
+        (["--stages", "removal,nope"], "choose from removal,shrink,select,final"),
         (["--start-from", "x"], "use it with --env N2NShrink-v2"),
         (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
         (["--shrink-kwargs", '{"fidelity": "medium"}'], "add --pipeline"),
