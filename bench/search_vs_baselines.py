@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--scratch-seeds", type=int, default=1, help="seeds with scratch baselines")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each step")
+    parser.add_argument(
+        "--matches", default="params,flops", help="size the baselines by params, flops or both"
+    )
     parser.add_argument("--pipeline-args", default="", help="extra train flags, e.g. '--budget 4'")
     parser.add_argument(
         "--final-kwargs", default="{}", help="JSON DistillConfig fields of the final training"
@@ -74,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.markdown = args.markdown or ROOT / "docs" / "baselines" / f"{tag}.md"
     if args.seeds < 1 or args.scratch_seeds < 0 or args.threads < 1:
         parser.error("--seeds and --threads must be at least 1, --scratch-seeds at least 0")
+    args.matches = [m.strip() for m in args.matches.split(",") if m.strip()]
+    if not args.matches or set(args.matches) - {"params", "flops"}:
+        parser.error("--matches: params, flops or params,flops")
     return args
 
 
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    per_match: dict[str, dict[int, dict[str, Any]]] = {"params": {}, "flops": {}}
+    per_match: dict[str, dict[int, dict[str, Any]]] = {match: {} for match in args.matches}
     for seed in seeds:
         folder = pipeline(args, seed, console)
         for match in per_match:
