@@ -125,6 +125,11 @@ def baselines(args: argparse.Namespace, folder: Path, seed: int, match: str) -> 
     return json.loads((folder / baselines_file(match)).read_text())
 
 
+def _selected(folder: Path) -> str | None:
+    found = sorted(folder.glob("*-select/selection.json"))
+    return json.loads(found[0].read_text()).get("chosen") if found else None
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     """Mean over seeds with a 95 % t-interval (none from one seed)."""
     from scipy import stats
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         "compress": args.compress,
         "seeds": list(seeds),
         "pipeline_seconds": times,
+        # which candidate the select stage trained fully (none: a pipeline without one)
+        "selected": {str(seed): _selected(args.out / f"seed-{seed}") for seed in seeds},
         "matched_on": {match: aggregate(rows) for match, rows in per_match.items()},
     }
     args.results.write_text(json.dumps(results, indent=2) + "\n")
