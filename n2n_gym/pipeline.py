@@ -1,7 +1,8 @@
 """One call for a user's model: ``n2n_gym.compress(model, "mnist", compress=10)``.
 
 It runs what ``n2n-gym train --pipeline --compress 10x`` runs — layer removal, then shrinking
-under a parameter limit of teacher / N, then the final training and the test report — into one
+under a parameter limit of teacher / N, then the selection (the best few students and the teacher
+at uniform width, trained briefly), then the final training and the test report — into one
 run folder, and returns the finished student and its report. The model is saved into that folder
 first as its ``torch.fx`` network description and state dict (so ``n2n-gym evaluate`` reopens the
 run without the model's class; see "Compressing your own network" in the docs).
@@ -68,7 +69,8 @@ def compress(
     workers: int = 0,
     **env_kwargs: Any,
 ) -> tuple[SavedStudent, dict[str, Any]]:
-    """Compress a trained network with the two-stage N2N pipeline.
+    """Compress a trained network with the N2N pipeline (both stages, the selection, the final
+    training).
 
     Args:
         model: the trained teacher: an ``nn.Module`` (saved into ``out`` as its network

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
-
 import pytest
 
-import n2n_gym.finalize
-import train_agent
 from n2n_gym.atomic import write_json_atomic
 from n2n_gym.baselines import uniform_width_student
 from n2n_gym.runs import CONFIG_FILE, RunRecorder
 from n2n_gym.search_settings import SettingsRefused, check_stages
 from n2n_gym.selection import (
-    SELECTION_FILE,
-    UNIFORM,
-    SelectionConfig,
     search_candidates,
-    select_student,
 )
 from n2n_gym.teachers import load_teacher
 
@@ -65,37 +56,3 @@ def test_select_comes_after_a_search_stage():
     )
     with pytest.raises(SettingsRefused, match=r"search stage .* comes before it"):
         check_stages(("select", "final"))
-
-
-@pytest.mark.expensive
-def test_the_pipeline_trains_the_candidate_that_validates_best_and_resumes(tmp_path, monkeypatch):
-    out = tmp_path / "pipe"
-    argv = ["--pipeline", "--algo", "random", "--budget", "4", "--out", str(out)]
-    argv += ["--env-kwargs", PROXY, "--final-kwargs", '{"epochs": 1, "transfer_size": 1024}']
-    argv += ["--compress", "8x"]
-    assert train_agent.main(argv) == 0
-    selection = json.loads((out / "3-select" / SELECTION_FILE).read_text())
-    candidates = list(selection["candidates"].values())
-    names = [c["name"] for c in candidates]
-    assert {UNIFORM, "search #1"} <= set(names) and 2 <= len(names) <= 4
-    limit = json.loads((out / "2-shrink" / "config.json").read_text())["task"]["constraints"]
-    assert all(c["params"] <= limit["max_params"] for c in candidates)
-    assert all(0 <= c["val_accuracy"] <= 1 for c in candidates)
-    assert max(c["val_accuracy"] for c in candidates) > 0.12  # real training: above chance
-    chosen = max(candidates, key=lambda c: c["val_accuracy"])
-    assert selection["chosen"] == chosen["name"]
-    report = json.loads((out / "report.json").read_text())
-    assert report["student"]["ratios"] == chosen["student"]["ratios"]  # trained fully
-
-    # A rerun keeps the selection: no candidate is trained again.
-    def no_training(*args, **kwargs):
-        raise AssertionError("a selection candidate was trained again")
-
-    monkeypatch.setattr(n2n_gym.finalize, "train_final", no_training)
-    again, record = select_student(
-        out / "2-shrink",
-        out / "3-select",
-        SelectionConfig(),
-        replace(n2n_gym.finalize.FINAL_TRAINING, epochs=1, transfer_size=1024),
-    )
-    assert list(again.ratios) == chosen["student"]["ratios"] and record["chosen"] == chosen["name"]

@@ -210,7 +210,7 @@ def build_parser() -> OneLineParser:
         pipeline,
         "--pipeline",
         action="store_true",
-        help="the whole pipeline: --stages removal,shrink,final",
+        help="the whole pipeline: --stages removal,shrink,select,final",
     )
     add(
         pipeline,
