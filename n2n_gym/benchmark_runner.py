@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.names import ALGOS, BUDGET_DEPENDENT, CONTROLLER_KINDS, PRUNING_SEARCHES
 from n2n_gym.atomic import write_json_atomic
+from n2n_gym.parent_watch import exit_with_parent
 from n2n_gym.runs import CONFIG_FILE, SUMMARY_FILE, RunDirError, distinct_counts, read_evaluations
 from n2n_gym.search_settings import (
     CLI_NAMES,
@@ -309,7 +310,10 @@ def run_benchmark(settings: BenchmarkSettings, console: Console) -> BenchmarkRes
         TimeRemainingColumn(),
     )
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=settings.workers, mp_context=context)
+    # Workers end with this process: a killed benchmark leaves no search running.
+    pool = ProcessPoolExecutor(
+        max_workers=settings.workers, mp_context=context, initializer=exit_with_parent
+    )
     try:
         with Progress(*columns, console=console) as progress:
             overall = progress.add_task("runs", total=len(jobs), completed=len(jobs) - len(pending))

@@ -429,3 +429,55 @@ def test_the_benchmark_runs_from_python_with_typed_settings(proxy_table, tmp_pat
     rows = {row["algo"]: row for row in result.reports[ENV].rows}
     assert set(rows) == {"random", "evolution"} and rows["random"]["runs"] == 2
     assert (tmp_path / "bench" / "evolution-1" / "summary.json").is_file()
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.expensive
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_killed_benchmark_leaves_no_worker_running(proxy_table, tmp_path):
+    import os
+    import signal
+    import time
+
+    kwargs = json.dumps({"table": str(proxy_table)})
+    command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", ENV]
+    command += ["--env-kwargs", kwargs, "--algos", "reinforce", "--seeds", "2"]
+    command += ["--budget", "2000", "--workers", "2", "--out", str(tmp_path / "bench")]
+    benchmark = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # the two runs started: each worker has written its first evaluations
+        while len(list((tmp_path / "bench").glob("*/evaluations.jsonl"))) < 2:
+            assert benchmark.poll() is None, benchmark.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the benchmark's runs did not start"
+            time.sleep(0.2)
+        workers = {
+            pid
+            for pid in _children(benchmark.pid)
+            if "spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        }
+        assert len(workers) >= 2
+    finally:
+        benchmark.send_signal(signal.SIGKILL)
+        benchmark.wait()
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # leave no process behind even when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived their killed benchmark"

@@ -40,7 +40,11 @@ def test_compress_a_model_object_in_one_call(tmp_path):
     from n2n_gym.commands import train
 
     again = train.parse_args(["--rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
-    assert (again.algo, again.budget, again.stages) == ("random", 4, ("removal", "shrink", "select", "final"))
+    assert (again.algo, again.budget, again.stages) == (
+        "random",
+        4,
+        ("removal", "shrink", "select", "final"),
+    )
     assert again.shrink_kwargs["constraints"]["max_params"] == teacher.spec.params // 10
 
 

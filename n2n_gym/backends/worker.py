@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from n2n_gym.arch import NetworkSpec, StudentDescription
 from n2n_gym.cache import json_digest
 from n2n_gym.measure import Measurement, Measurer
+from n2n_gym.parent_watch import exit_with_parent
 from n2n_gym.task import Task
 
 if TYPE_CHECKING:
@@ -122,8 +123,9 @@ _POOL_WORKER: Worker | None = None
 
 
 def start_pool_worker(task: Task, threads: int | None) -> None:
-    """Pool initializer: build this process's worker."""
+    """Pool initializer: build this process's worker (which ends when its parent does)."""
     global _POOL_WORKER
+    exit_with_parent()
     _POOL_WORKER = Worker(task, threads)
 
 
