@@ -154,7 +154,7 @@ def test_pipeline_runs_removal_then_shrink_then_selection_then_final_training(tm
         "--env-kwargs",
         PROXY,
         "--final-kwargs",
-        '{"epochs": 1, "transfer_size": 1024}',
+        '{"epochs": 1, "transfer_size": 1024, "eval_size": 1000}',
         "--shrink-kwargs",
         '{"constraints": {"max_params": 100000}}',
     ]
