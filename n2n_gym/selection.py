@@ -83,16 +83,24 @@ def search_candidates(run_dir: Path, count: int) -> list[tuple[StudentDescriptio
 
 
 def uniform_candidate(run_dir: Path, best: StudentDescription) -> StudentDescription | None:
-    """The teacher at the uniform width that fits the run's size limit (its best student's
-    parameters when it has none); ``None`` when no uniform width fits."""
+    """The teacher at the largest uniform width within the run's size limits (parameters, MACs;
+    its best student's parameters when it has none); ``None`` when no uniform width fits."""
     from n2n_gym.baselines import uniform_width_student
 
-    task = read_run_task(run_dir)
-    limit = task.constraints.max_params or best.plan().spec.params
+    constraints = read_run_task(run_dir).constraints
+    limits = [
+        (match, limit)
+        for match, limit in (("params", constraints.max_params), ("flops", constraints.max_flops))
+        if limit is not None
+    ] or [("params", best.plan().spec.params)]
     try:
-        return uniform_width_student(best.teacher, limit, at_most=True)
+        fitting = [
+            uniform_width_student(best.teacher, limit, match, at_most=True)
+            for match, limit in limits
+        ]
     except InvalidArchitecture:
         return None
+    return min(fitting, key=lambda student: student.plan().spec.params)
 
 
 def selection_candidates(

@@ -45,6 +45,9 @@ def test_the_uniform_candidate_never_exceeds_the_size_limit():
         assert size <= limit
         # the largest that fits: the nearest when it fits, else the step below it
         assert size == nearest_size if nearest_size <= limit else size < nearest_size
+    # a limit on MACs per image, as max_flops gives one
+    macs = spec.flops // 10
+    assert uniform_width_student(spec, macs, "flops", at_most=True).plan().spec.flops <= macs
 
 
 def test_select_comes_after_a_search_stage():
