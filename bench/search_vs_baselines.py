@@ -213,8 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         if minutes
         else ""
     )
+    chosen = {seed: name for seed, name in results["selected"].items() if name}
+    if chosen:
+        note += (
+            " The row `search` is the pipeline's finished student; its select stage chose "
+            + ", ".join(f"{name} (seed {seed})" for seed, name in chosen.items())
+            + "."
+        )
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text("\n\n".join([*pages, note]).strip() + "\n")
+    args.markdown.write_text("\n\n".join([*pages, note.strip()]).strip() + "\n")
     console.print(f"wrote {args.results} and {args.markdown}")
     return 0
 
