@@ -65,7 +65,9 @@ def candidate(name: str, spec, budget: int):
     if name.startswith("run:"):
         student, _ = read_best_student(name.removeprefix("run:"))
         return student, True
-    raise SystemExit(f"--candidates: unknown candidate {name!r}; use uniform, uniform-inherited, run:DIR")
+    raise SystemExit(
+        f"--candidates: unknown candidate {name!r}; use uniform, uniform-inherited, run:DIR"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
