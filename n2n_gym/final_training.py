@@ -46,7 +46,8 @@ def select_with_progress(
     from n2n_gym.selection import SelectionConfig, select_student, selection_candidates
 
     config = kwargs.pop("config", SelectionConfig())
-    count = len(selection_candidates(run_dir, config))
+    candidates = selection_candidates(run_dir, config)
+    count = len(candidates)
     with progress(count, "selection", "candidate") as bar:
 
         def started(name: str, index: int, count: int) -> None:
@@ -54,7 +55,7 @@ def select_with_progress(
             bar.set_postfix(training=name)
 
         student, record = select_student(
-            run_dir, out_dir, config, final, on_candidate=started, **kwargs
+            run_dir, out_dir, config, final, on_candidate=started, candidates=candidates, **kwargs
         )
         bar.update(count - bar.n)
     table = Table(

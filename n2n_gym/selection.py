@@ -125,6 +125,7 @@ def select_student(
     *,
     device: str = "auto",
     on_candidate: Callable[[str, int, int], None] | None = None,
+    candidates: list[tuple[str, StudentDescription, float | None]] | None = None,
 ) -> tuple[StudentDescription, dict[str, Any]]:
     """Train each candidate of a finished search briefly and return the best by validation.
 
@@ -135,6 +136,7 @@ def select_student(
         final: the final training; each candidate gets ``config.epochs`` of it.
         device: where to train.
         on_candidate: called with (name, index, count) as each candidate starts.
+        candidates: :func:`selection_candidates` of the run, when the caller has them already.
 
     Returns:
         The chosen student and the selection record (every candidate's validation accuracy).
@@ -145,7 +147,7 @@ def select_student(
     from n2n_gym.finalize import train_final
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    named = selection_candidates(run_dir, config)
+    named = candidates if candidates is not None else selection_candidates(run_dir, config)
     # never longer than the final training itself
     training = dataclasses.replace(final, epochs=min(config.epochs, final.epochs))
     identity = {"run_dir": str(run_dir), "config": dataclasses.asdict(config)}
