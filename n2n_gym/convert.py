@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from n2n_gym.arch import InvalidArchitecture, Layer, NetworkSpec
 from n2n_gym.surgery import SpecNetwork
@@ -112,7 +112,7 @@ class _Tracer(fx.Tracer):
         self.record_stack_traces = True
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, BasicBlock | Bottleneck) or super().is_leaf_module(
+        return isinstance(module, _torchvision_blocks()) or super().is_leaf_module(
             module, qualified_name
         )
 
@@ -399,6 +399,8 @@ def read_step(node: fx.Node) -> _Step:
         reader = next(
             (MODULE_READERS[t] for t in type(module).__mro__ if t in MODULE_READERS), None
         )
+        if reader is None and isinstance(module, _torchvision_blocks()):
+            reader = _whole_block
     elif node.op == "call_function":
         module, reader = None, FUNCTION_READERS.get(node.target)
     elif node.op == "call_method":
@@ -609,8 +611,20 @@ def _activation(name: str) -> Callable[[fx.Node, nn.Module | None], _Step]:
     return read
 
 
+def _torchvision_blocks() -> tuple[type[nn.Module], ...]:
+    """torchvision's residual block classes, or none while torchvision is not loaded.
+
+    A model holds such a block only if torchvision was imported to build it, so a converter that
+    does not import torchvision itself (seconds of start-up) still recognises every one.
+    """
+    resnet = sys.modules.get("torchvision.models.resnet")
+    return (resnet.BasicBlock, resnet.Bottleneck) if resnet is not None else ()
+
+
 def _whole_block(node: fx.Node, block: nn.Module) -> _Step:
     """torchvision's BasicBlock and Bottleneck: one residual unit, their weights as they are."""
+    from torchvision.models.resnet import Bottleneck  # loaded: the model holds its blocks
+
     if isinstance(block, Bottleneck):
         layer = Layer(
             "residual",
@@ -665,8 +679,6 @@ MODULE_READERS: Mapping[type[nn.Module], Callable[[fx.Node, Any], _Step]] = Mapp
         nn.Flatten: _reshape,
         nn.Dropout: _dropout,
         nn.Identity: _identity,
-        BasicBlock: _whole_block,
-        Bottleneck: _whole_block,
     }
 )
 """How a call of a torch module type reads, looked up along the module's MRO."""
@@ -813,6 +825,8 @@ def _copy_layer(target: nn.Module, parts: tuple[nn.Module | None, ...]) -> None:
 
 def _copy_block(target: nn.Module, parts: tuple[nn.Module | None, ...]) -> None:
     """(conv, BN) pairs of a hand-written block's body, then its skip, into a torchvision block."""
+    from torchvision.models.resnet import Bottleneck  # loaded: ``target`` is one of its blocks
+
     pairs = [(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
     targets = [(target.conv1, target.bn1), (target.conv2, target.bn2)]
     if isinstance(target, Bottleneck):

@@ -18,7 +18,6 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from n2n_gym.arch import (
     InvalidArchitecture,
@@ -79,6 +78,9 @@ def _residual(layer: Layer) -> nn.Module:
 
 
 def _torchvision_block(layer: Layer) -> nn.Module:
+    # Imported here: torchvision takes seconds to load and only residual students need it.
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
     downsample = (
         _conv_bn(layer.in_channels, layer.out_channels, 1, layer.stride, 0)
         if layer.projection

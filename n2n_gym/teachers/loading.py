@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec
@@ -582,6 +581,8 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 @functools.cache
 def _torchvision_names() -> frozenset[str]:
+    import torchvision  # here: it takes seconds to load, and zoo teachers never need it
+
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -650,6 +651,8 @@ def _torchvision_model(
     arch: str, weights: Mapping[str, Any], label: str, classes: int
 ) -> nn.Module:
     """torchvision's ``arch`` for ``classes`` classes, its first conv reading the weights' channels."""
+    import torchvision
+
     model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
     weights = _strip_prefixes(weights)
     name, first = next(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torchvision.models.vgg import cfgs as VGG_CONFIGS
-
 from n2n_gym.arch import Layer, NetworkSpec
 from n2n_gym.teachers.errors import TeacherError
 
@@ -85,10 +83,12 @@ def vgg(config: str, input_shape: InputShape, num_classes: int, name: str) -> Ne
     Smaller inputs (28x28) run out of pixels before VGG's fifth max-pool; pools that would shrink
     the feature map below 1x1 are left out.
     """
+    from torchvision.models.vgg import cfgs  # here: torchvision takes seconds to load
+
     layers: list[Layer] = []
     channels = input_shape[0]
     size = min(input_shape[1:])
-    for item in VGG_CONFIGS[config]:
+    for item in cfgs[config]:
         if item == "M":
             if size < 2:
                 continue
