@@ -9,6 +9,7 @@ and student on the test set — accuracy, parameters, FLOPs, compression and CPU
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import statistics
@@ -299,6 +300,30 @@ class StudentReport:
         return data
 
 
+# The teacher's test accuracy and CPU latency by (its weights, the test split, device, batch):
+# a finish and its baselines report several students against one teacher, measured once.
+_TEACHER_MEASURES: dict[tuple[str, str, str, int], tuple[float, float]] = {}
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """A digest of the module's parameters and buffers (a teacher trained further differs)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _split_digest(data: DatasetSplits, x: torch.Tensor, y: torch.Tensor) -> str:
+    """A digest of the test split: its labels, shape, normalisation and a sample of its pixels."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((data.name, tuple(x.shape), data.mean, data.std)).encode())
+    digest.update(y.cpu().contiguous().numpy().tobytes())
+    step = max(1, x.numel() // 65_536)
+    digest.update(x.detach().cpu().reshape(-1)[::step].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def test_report(
     teacher: Teacher,
     module: torch.nn.Module,
@@ -323,13 +348,19 @@ def test_report(
     """
     device = resolve_device(device)
     x, y = data.split("test")
+    shape = tuple(teacher.spec.input_shape)
+    key = (_weights_digest(teacher.module), _split_digest(data, x, y), str(device), latency_batch)
     x = prepare_inputs(x, device)
     y = y.to(device)
-    teacher_module = prepare_module(copy.deepcopy(teacher.module), device).eval()
+    if key not in _TEACHER_MEASURES:
+        teacher_module = prepare_module(copy.deepcopy(teacher.module), device).eval()
+        _TEACHER_MEASURES[key] = (
+            accuracy(teacher_module, x, y),
+            1000.0 * cpu_latency(teacher.module, shape, latency_batch),
+        )
+    teacher_accuracy, teacher_latency_ms = _TEACHER_MEASURES[key]
     student_module = prepare_module(copy.deepcopy(module), device).eval()
-    teacher_accuracy = accuracy(teacher_module, x, y)
     student_accuracy = accuracy(student_module, x, y)
-    shape = tuple(teacher.spec.input_shape)
     if student is None:
         params, flops = model_size(module, shape)
     else:
@@ -345,7 +376,7 @@ def test_report(
         compression=teacher.spec.params / params,
         accuracy_drop_pp=100.0 * (teacher_accuracy - student_accuracy),
         latency_ms=1000.0 * cpu_latency(module, shape, latency_batch),
-        teacher_latency_ms=1000.0 * cpu_latency(teacher.module, shape, latency_batch),
+        teacher_latency_ms=teacher_latency_ms,
         latency_batch=latency_batch,
         test_images=len(y),
         student=student.to_dict() if student is not None else {},

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 import evaluate
 import train_agent
+from n2n_gym import finalize
 from n2n_gym.arch import StudentDescription
 from n2n_gym.data import load_dataset
 from n2n_gym.distill import accuracy
@@ -60,6 +62,33 @@ def test_bad_student_files_give_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(StudentFileError, match="not a student file"):
         load_student(tmp_path / "other.pt")
+
+
+def test_reports_measure_one_teacher_once_and_a_changed_teacher_again(mnist, monkeypatch):
+    teacher = load_teacher("default")
+    _, student = build_student(teacher.module, StudentDescription(teacher.spec, (1,) * 9))
+    small = replace(mnist, test_x=mnist.test_x[:300], test_y=mnist.test_y[:300])
+    measured = []
+    real = finalize.accuracy
+
+    def counted(module, x, y, **kwargs):
+        measured.append(module)
+        return real(module, x, y, **kwargs)
+
+    monkeypatch.setattr(finalize, "accuracy", counted)
+    first = finalize.test_report(teacher, student, None, small, device="cpu", latency_batch=4)
+    second = finalize.test_report(teacher, student, None, small, device="cpu", latency_batch=4)
+    assert len(measured) == 3  # the teacher once, the student twice
+    assert second.teacher_test_accuracy == first.teacher_test_accuracy
+    assert first.teacher_test_accuracy == real(teacher.module, small.test_x, small.test_y)
+    # Another test split, or the teacher trained further, is measured anew.
+    fewer = replace(small, test_x=small.test_x[:200], test_y=small.test_y[:200])
+    finalize.test_report(teacher, student, None, fewer, device="cpu", latency_batch=4)
+    with torch.no_grad():
+        next(teacher.module.parameters()).mul_(0.5)
+    changed = finalize.test_report(teacher, student, None, small, device="cpu", latency_batch=4)
+    assert len(measured) == 7
+    assert changed.teacher_test_accuracy == real(teacher.module, small.test_x, small.test_y)
 
 
 @pytest.mark.expensive
