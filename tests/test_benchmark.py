@@ -150,13 +150,17 @@ def _benchmark(
 
 
 @pytest.mark.expensive
-def test_two_identical_benchmark_commands_write_identical_reports(proxy_table, tmp_path):
-    """Several envs, several budgets: a report per env, the same bytes from the same command."""
+def test_identical_benchmark_commands_write_identical_reports_and_a_killed_one_resumes(
+    proxy_table, tmp_path
+):
+    """Several envs, several budgets: a report per env, the same bytes from the same command; a
+    killed benchmark continues where it stopped without redoing the finished runs."""
     envs = [ENV, "N2NRemoval-Tab-v0"]
     outs = [tmp_path / "one", tmp_path / "two"]
     for out in outs:
         done = _benchmark(out, proxy_table, env=",".join(envs), budgets="10,20", seeds=4)
         assert done.returncode == 0, done.stderr[-2000:]
+    assert "| evolution |" in done.stdout  # piped: the Markdown table
     for env in envs:
         first, second = ((out / env / "benchmark.json").read_bytes() for out in outs)
         assert first == second, env
@@ -167,6 +171,25 @@ def test_two_identical_benchmark_commands_write_identical_reports(proxy_table, t
         assert rows["random"]["reward_free_students"] == "all"
         assert rows["evolution"]["reward_free_students"] >= 10  # its random population
         assert report["stability"]["20"]["halves"] == [[0, 1], [2, 3]]
+    # A killed benchmark: one run lost its summary and its last evaluations.
+    out = outs[1] / ENV
+    runs = sorted(p.name for p in out.iterdir() if (p / CONFIG_FILE).exists())
+    assert runs == [f"{algo}-{seed}" for algo in ("evolution", "random") for seed in range(4)]
+    log = out / "random-1" / "evaluations.jsonl"
+    log.write_text("\n".join(log.read_text().splitlines()[:5]) + "\n")
+    (out / "random-1" / "summary.json").unlink()
+    untouched = {
+        run: run.stat().st_mtime_ns for run in outs[1].glob("*/*/evaluations.jsonl") if run != log
+    }
+    again = _benchmark(outs[1], proxy_table, env=",".join(envs), budgets="10,20", seeds=4)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "15 runs done, 1 to go" in " ".join(again.stdout.split())
+    assert len(untouched) == 15
+    assert all(run.stat().st_mtime_ns == mtime for run, mtime in untouched.items())
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len({r["student_key"] for r in resumed}) == 20
+    report = json.loads((out / "benchmark.json").read_text())
+    assert {row["algo"] for row in report["rows"]} == {"random", "evolution"}
 
 
 @pytest.fixture(scope="module")
@@ -215,31 +238,6 @@ def test_each_policy_learner_reacts_to_its_rewards(algo, learning_rows):
 def test_random_search_has_nothing_to_learn(learning_rows):
     low, high = learning_rows["random"]["learning_gain_ci"]
     assert low < 0 < high
-
-
-@pytest.mark.expensive
-def test_the_benchmark_command_runs_reports_and_resumes_without_redoing_runs(proxy_table, tmp_path):
-    out = tmp_path / "bench"
-    done = _benchmark(out, proxy_table)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "| evolution |" in done.stdout  # piped: the Markdown table
-    runs = sorted(p.name for p in out.iterdir() if (p / CONFIG_FILE).exists())
-    assert runs == ["evolution-0", "evolution-1", "random-0", "random-1"]
-    # A killed benchmark: one run lost its summary and its last evaluations.
-    log = out / "random-1" / "evaluations.jsonl"
-    lines = log.read_text().splitlines()
-    log.write_text("\n".join(lines[:10]) + "\n")
-    (out / "random-1" / "summary.json").unlink()
-    untouched = {name: (out / name / "evaluations.jsonl").stat().st_mtime_ns for name in runs}
-    again = _benchmark(out, proxy_table)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "3 runs done, 1 to go" in " ".join(again.stdout.split())
-    for name in ("evolution-0", "evolution-1", "random-0"):
-        assert (out / name / "evaluations.jsonl").stat().st_mtime_ns == untouched[name]
-    resumed = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len({r["student_key"] for r in resumed}) == 30
-    report = json.loads((out / "benchmark.json").read_text())
-    assert {row["algo"] for row in report["rows"]} == {"random", "evolution"}
 
 
 def test_bad_benchmark_input_is_one_line_before_any_folder(tmp_path):
