@@ -105,8 +105,34 @@ def prepare_inputs(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
 
 
 def prepare_module(module: nn.Module, device: str | torch.device) -> nn.Module:
-    """``module`` moved (in place) to ``device`` in the channels-last layout."""
-    return module.to(torch.device(device)).to(memory_format=torch.channels_last)
+    """``module`` moved (in place) to ``device`` in the channels-last layout.
+
+    On the CPU a module with a strided 1x1 convolution of fewer than 8 input channels (the
+    downsample of a narrowed ResNet block) stays in the standard layout, its inputs made so:
+    torch's channels-last backward of such a convolution corrupts memory and kills the process
+    (measured with torch 2.14 for 2 to 7 input channels).
+    """
+    device = torch.device(device)
+    module = module.to(device)
+    if device.type != "cpu" or not any(map(_channels_last_crashes, module.modules())):
+        return module.to(memory_format=torch.channels_last)
+    module = module.to(memory_format=torch.contiguous_format)
+    if _standard_layout_input not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_standard_layout_input)
+    return module
+
+
+def _channels_last_crashes(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+        and module.in_channels < 8
+    )
+
+
+def _standard_layout_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple:
+    return (args[0].contiguous(), *args[1:])
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,6 +168,38 @@ def test_absurd_learning_rate_raises_distillation_diverged(teacher, targets):
 def test_mismatched_logits_are_refused(teacher, targets):
     with pytest.raises(ValueError, match="teacher logits"):
         distill(fresh_student(teacher), targets.logits[:10], targets.inputs, TINY, "cpu")
+
+
+NARROW_DOWNSAMPLE = """
+import copy, torch
+from torch import nn
+from n2n_gym.distill import prepare_inputs, prepare_module
+
+torch.manual_seed(0)
+net = nn.Sequential(
+    nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 9, 1, stride=2), nn.BatchNorm2d(9),
+    nn.Flatten(), nn.Linear(9 * 7 * 7, 10),
+)
+plain = copy.deepcopy(net).train()
+prepare_module(net, "cpu").train()
+for _ in range(30):
+    x = torch.randn(128, 1, 14, 14)
+    got, want = net(prepare_inputs(x, "cpu")), plain(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    got.pow(2).mean().backward()
+    want.pow(2).mean().backward()
+for a, b in zip(net.parameters(), plain.parameters()):
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+"""
+
+
+def test_a_narrow_strided_1x1_convolution_trains_on_the_cpu():
+    # torch's channels-last backward of a strided 1x1 conv of 2-7 input channels corrupts
+    # memory on the CPU (a narrowed ResNet's downsample); in a subprocess, so a crash is a failure.
+    done = subprocess.run(
+        [sys.executable, "-c", NARROW_DOWNSAMPLE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_accuracy_counts_correct_top1_predictions():
