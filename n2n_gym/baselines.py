@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -44,6 +43,13 @@ from torch import nn
 
 from n2n_gym.arch import InvalidArchitecture, NetworkSpec, StudentDescription, unit_rules
 from n2n_gym.atomic import write_json_atomic
+from n2n_gym.baseline_names import (
+    BASELINES,
+    BASELINES_FILE,
+    MATCHES,
+    baselines_file,
+    check_baselines,
+)
 from n2n_gym.distill import DistillConfig
 from n2n_gym.finalize import TrainingInterrupted, model_size, points, test_report, train_module
 from n2n_gym.runs import REPORT_FILE, RunDirError, read_run_task
@@ -67,10 +73,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("uniform-width", "magnitude-pruned", "scratch-labels", "scratch-distilled")
-BASELINES_FILE = "baselines.json"
-# What a baseline's size is matched on: the student's parameters, or its multiply-adds per image.
-MATCHES = ("params", "flops")
 _BISECTION_STEPS = 30
 
 
@@ -113,27 +115,6 @@ def read_baseline_source(folder: str | Path) -> BaselineSource:
         config=DistillConfig.from_dict(report["final_training"]),
         task=read_run_task(run_dir),
     )
-
-
-def baselines_file(match: str = "params") -> str:
-    """The file a comparison matched on ``match`` is written to, beside the student's report."""
-    return BASELINES_FILE if match == "params" else "baselines-flops.json"
-
-
-def check_baselines(names: Sequence[str]) -> list[str]:
-    """Validate baseline names (and that Torch-Pruning is there when asked for); raises ValueError."""
-    names = list(names)
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown or not names:
-        raise ValueError(
-            f"unknown baseline {', '.join(unknown) or '(none given)'}; choose from {', '.join(BASELINES)}"
-        )
-    if "magnitude-pruned" in names and importlib.util.find_spec("torch_pruning") is None:
-        raise ValueError(
-            "the magnitude-pruned baseline needs Torch-Pruning: pip install 'n2n-gym[baselines]' "
-            "(or leave it out of the list)"
-        )
-    return names
 
 
 def _check_match(match: str) -> None:

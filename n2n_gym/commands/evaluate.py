@@ -33,24 +33,12 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gymnasium as gym
-import numpy as np
 from rich.console import Console
-from sb3_contrib import MaskablePPO
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from agents import Reinforce, agent_class
-from n2n_gym.arch import StudentDescription
-from n2n_gym.baselines import (
-    BASELINES,
-    MATCHES,
-    baselines_file,
-    baselines_table,
-    check_baselines,
-    read_baseline_source,
-    run_baselines,
-)
+from n2n_gym.baseline_names import BASELINES, MATCHES, baselines_file, check_baselines
 from n2n_gym.cli import (
     OneLineParser,
     cores,
@@ -61,19 +49,13 @@ from n2n_gym.cli import (
     set_threads,
     show_table,
 )
-from n2n_gym.compare import compare_runs, comparison_table
-from n2n_gym.distill import DistillationDiverged
-from n2n_gym.final_training import finish_with_progress
-from n2n_gym.finalize import FINAL_TRAINING
-from n2n_gym.runs import (
-    CHECKPOINT_FILE,
-    RunDirError,
-    read_run_config,
-    read_run_task,
-)
-from n2n_gym.shared_cores import warn_shared_cores
-from n2n_gym.students import StudentFileError
-from n2n_gym.task import TaskError
+from n2n_gym.fidelity import FINAL_TRAINING
+
+# Only what parsing needs loads with this module (no torch): a bad flag or --help answers at once;
+# each job imports the rest when it runs.
+
+if TYPE_CHECKING:
+    from n2n_gym.arch import StudentDescription
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,6 +170,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def greedy_student(run_dir: Path) -> StudentDescription:
     """The student the run's trained agent picks when it takes its most likely action everywhere."""
+    import gymnasium as gym
+    import numpy as np
+    from sb3_contrib import MaskablePPO
+
+    from agents import Reinforce, agent_class
+    from n2n_gym.runs import CHECKPOINT_FILE, RunDirError, read_run_config, read_run_task
+
     settings = read_run_config(run_dir)
     task = read_run_task(run_dir)
     checkpoint = run_dir / CHECKPOINT_FILE
@@ -220,6 +209,10 @@ def greedy_student(run_dir: Path) -> StudentDescription:
 
 
 def finish(args: argparse.Namespace, console: Console) -> int:
+    from n2n_gym.final_training import finish_with_progress
+    from n2n_gym.runs import read_run_task
+    from n2n_gym.shared_cores import warn_shared_cores
+
     run_dir = args.runs[0]
     read_run_task(run_dir)  # refuses a folder that is not a run before anything else
     warn_shared_cores(console, run_dir, args.threads or cores())
@@ -246,6 +239,8 @@ def finish(args: argparse.Namespace, console: Console) -> int:
 
 def baselines(args: argparse.Namespace, console: Console) -> int:
     """Train each baseline with the finished student's settings, then print the comparison."""
+    from n2n_gym.baselines import baselines_table, read_baseline_source, run_baselines
+    from n2n_gym.shared_cores import warn_shared_cores
 
     source = read_baseline_source(args.runs[0])  # refuses a wrong folder before any work
     warn_shared_cores(console, source.folder, args.threads or cores())
@@ -270,6 +265,8 @@ def baselines(args: argparse.Namespace, console: Console) -> int:
 
 
 def compare(args: argparse.Namespace, console: Console) -> int:
+    from n2n_gym.compare import compare_runs, comparison_table
+
     out = args.out or Path("runs/comparison")
     comparison = compare_runs(args.runs, out, budget=args.budget)
     show_table(console, comparison_table(comparison))
@@ -287,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return benchmark.main([a for a in argv if a != "--benchmark"])
     args = parse_args(argv)
+    from n2n_gym.distill import DistillationDiverged
+    from n2n_gym.runs import RunDirError
+    from n2n_gym.students import StudentFileError
+    from n2n_gym.task import TaskError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     if not args.compare:  # finishing and baselines train: share the cores as searches do
