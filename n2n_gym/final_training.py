@@ -1,13 +1,15 @@
-"""The selection and final training of a finished search, shown at a terminal (``train_agent.py``, ``evaluate.py``)."""
+"""The selection, final training and baselines of a finished search, shown at a terminal
+(``train_agent.py``, ``evaluate.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from n2n_gym.cli import progress, show_table
+from n2n_gym.atomic import write_json_atomic
+from n2n_gym.cli import cores, markdown, progress, show_table
 from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
-from n2n_gym.runs import read_best_student, read_run_task
+from n2n_gym.runs import REPORT_FILE, read_best_student, read_run_task
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from n2n_gym.arch import StudentDescription
     from n2n_gym.distill import DistillConfig
 
-__all__ = ["finish_with_progress", "select_with_progress"]
+__all__ = ["baselines_with_progress", "finish_with_progress", "select_with_progress"]
 
 
 def finish_with_progress(run_dir: Path, console: Console, **kwargs: Any) -> Path:
@@ -75,3 +77,59 @@ def select_with_progress(
         )
     show_table(console, table)
     return student
+
+
+def baselines_with_progress(
+    folder: Path,
+    names: list[str] | tuple[str, ...],
+    console: Console,
+    *,
+    match: str = "params",
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """:func:`~n2n_gym.baselines.run_baselines` on the finished student in ``folder`` with a
+    progress bar over epochs; writes the comparison as Markdown beside its JSON, adds each
+    baseline's figures to the student's ``report.json`` (``baselines``, or ``baselines_flops``
+    with ``match="flops"``) and prints the table (``threads``: this job's torch threads, for the
+    warning when jobs share the cores).
+
+    Returns:
+        The comparison (``baselines.json``'s content); a baseline that failed holds ``error``.
+    """
+    from n2n_gym.baselines import (
+        baselines_file,
+        baselines_table,
+        read_baseline_source,
+        run_baselines,
+    )
+    from n2n_gym.shared_cores import warn_shared_cores
+
+    source = read_baseline_source(folder)  # refuses a wrong folder before any work
+    warn_shared_cores(console, source.folder, threads or cores())
+    with progress(source.config.epochs * len(names), "baselines", "epoch") as bar:
+
+        def on_epoch(name: str, entry: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(baseline=name, val=f"{entry['val_accuracy']:.4f}")
+
+        results = run_baselines(source, list(names), match=match, device=device, on_epoch=on_epoch)
+    table = baselines_table(results)
+    written = source.folder / baselines_file(match)
+    summary = written.with_suffix(".md")
+    summary.write_text(markdown(table) + "\n")
+    # The student's report names its comparison, so whoever reads it sees the baselines too.
+    report = dict(source.report)
+    report[written.stem.replace("-", "_")] = {
+        "file": written.name,
+        "match": match,
+        "students": {
+            name: {key: row[key] for key in ("test_accuracy", "params", "flops", "latency_ms")}
+            for name, row in results["baselines"].items()
+            if "test_accuracy" in row
+        },
+    }
+    write_json_atomic(source.folder / REPORT_FILE, report)
+    show_table(console, table)
+    console.print(f"wrote {written} and {summary}")
+    return results

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def compress(
     resume: bool = False,
     threads: int | None = None,
     workers: int = 0,
+    baselines: Sequence[str] = (),
     **env_kwargs: Any,
 ) -> tuple[SavedStudent, dict[str, Any]]:
     """Compress a trained network with the N2N pipeline (both stages, the selection, the final
@@ -89,6 +91,10 @@ def compress(
         threads: torch CPU threads (default: every core); on a machine shared with other jobs,
             give each its share (``threads=1``).
         workers: evaluation worker processes (``n2n-gym train --workers``).
+        baselines: after the final training, train these students of the finished student's
+            size with no search and the same final training (``uniform-width``,
+            ``magnitude-pruned``, ``scratch-labels``, ``scratch-distilled``); the report holds
+            their figures under ``"baselines"`` (``n2n-gym train --baselines``).
         env_kwargs: further ``gymnasium.make`` arguments for both stages (``data_dir``,
             ``fidelity``, ``device``, ``evaluator`` ...).
 
@@ -139,6 +145,7 @@ def compress(
         kwargs.update(dataset="imagefolder", data_dir=os.fspath(data))
     else:
         kwargs["dataset"] = os.fspath(data)
+    names = tuple(baselines.split(",") if isinstance(baselines, str) else baselines)
     settings = SearchSettings(
         algo=str(algo),
         budget=budget,
@@ -150,6 +157,7 @@ def compress(
         env_kwargs=kwargs,
         stages=STAGES,
         final=dict(final or {}),
+        baselines=names,
         # The command that does the same, recorded for `n2n-gym train --rerun RUN_DIR`.
         argv=[
             "--pipeline",
@@ -157,6 +165,7 @@ def compress(
             *("--out", str(out), "--compress", f"{compress}x", "--workers", str(workers)),
             *("--env-kwargs", json.dumps(kwargs), "--final-kwargs", json.dumps(final or {})),
             *(["--threads", str(threads)] if threads is not None else []),
+            *(["--baselines", ",".join(names)] if names else []),
             *(["--resume"] if resume else []),
         ],
     )

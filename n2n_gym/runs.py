@@ -93,6 +93,7 @@ RESUME_FREE = frozenset(
         "task",
         "env_options",
         "reward_free_students",
+        "baselines",  # a pipeline's comparison after its student: more may be asked for later
     }
 )
 

@@ -50,7 +50,11 @@ from n2n_gym.cli import (
 )
 from n2n_gym.envs import EPISODES_PER_UPDATE, EnvConfigError
 from n2n_gym.envs.vector import ThreadedVecEnv
-from n2n_gym.final_training import finish_with_progress, select_with_progress
+from n2n_gym.final_training import (
+    baselines_with_progress,
+    finish_with_progress,
+    select_with_progress,
+)
 from n2n_gym.finalize import FINAL_TRAINING
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
@@ -399,7 +403,9 @@ def _save_best_weights(run_dir: Path, task: Task, console: Console) -> None:
 
 
 def run_pipeline(args: SearchSettings, console: Console) -> int:
-    """Removal, then shrinkage of its best student, then final training and the test report.
+    """Removal, then shrinkage of its best student, the selection, the final training and the
+    test report (the stages in ``args.stages``), then the baselines when ``args.baselines`` names
+    some.
 
     Returns the exit status of the stage that stopped it (0 when all finished); raises
     :class:`SearchFailed` as :func:`run_search` does.
@@ -428,6 +434,12 @@ def run_pipeline(args: SearchSettings, console: Console) -> int:
                 device=args.device,
                 out_dir=out,
             )
+            if args.baselines:
+                console.rule("the finished student beside students of its size with no search")
+                # A baseline that fails is a row that says so: the student is finished either way.
+                baselines_with_progress(
+                    out, args.baselines, console, device=args.device, threads=args.threads
+                )
             continue
         if stage == "select":
             console.rule(f"stage {number}: the student to train fully, by a short training")

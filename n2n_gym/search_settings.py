@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from n2n_gym.baseline_names import check_baselines
+
 if TYPE_CHECKING:
     from n2n_gym.task import Task
 
@@ -121,6 +123,10 @@ class SearchSettings:
     """pipeline's shrink stage: gymnasium.make arguments that override --env-kwargs there"""
     final: dict[str, Any] = field(default_factory=dict)
     """pipeline's final training: DistillConfig fields that replace evaluate.py's defaults"""
+    baselines: tuple[str, ...] = ()
+    """pipeline: after the final training, train these students of the finished student's size
+    with no search and the same final training, and report them beside it (uniform-width,
+    magnitude-pruned, scratch-labels, scratch-distilled; as evaluate.py RUN --baselines)"""
     argv: list[str] = field(default_factory=list)
     """the command line that made the run (config.json keeps it; --rerun replays it)"""
 
@@ -262,13 +268,24 @@ def resolve_settings(
                 f"{flag('env')} N2NShrink-v2 (a pipeline passes it between its stages by itself)"
             )
         env_kwargs["start_from"] = start_from
-    from n2n_gym.finalize import FINAL_TRAINING
+    from n2n_gym.fidelity import FINAL_TRAINING
     from n2n_gym.task import TaskError
 
     try:
         replace(FINAL_TRAINING, **s.final)
     except (TypeError, ValueError) as error:
         raise SettingsRefused(f"{flag('final')}: {error}") from None
+    baselines = tuple(s.baselines)
+    if baselines:
+        if "final" not in stages:
+            raise SettingsRefused(
+                f"{flag('baselines')} compares the finished student: add {flag('pipeline')} "
+                f"(or final to {flag('stages')})"
+            )
+        try:
+            baselines = tuple(check_baselines(baselines))
+        except ValueError as error:
+            raise SettingsRefused(f"{flag('baselines')}: {error}") from None
     shrink_kwargs = dict(s.shrink_kwargs)
     if compress is not None:
         target = _compress_target(s.env, env_kwargs, stages, compress_factor(compress, names), flag)
@@ -306,6 +323,7 @@ def resolve_settings(
         controller=controller,
         env_kwargs=env_kwargs,
         shrink_kwargs=shrink_kwargs,
+        baselines=baselines,
     )
 
 

@@ -186,6 +186,8 @@ def test_pipeline_runs_removal_then_shrink_then_selection_then_final_training(tm
         '{"epochs": 1, "transfer_size": 1024, "eval_size": 1000}',
         "--shrink-kwargs",
         '{"constraints": {"max_params": 100000}}',
+        "--baselines",
+        "uniform-width",
     ]
     assert train_agent.main(argv) == 0
     removal, shrink = out / "1-removal", out / "2-shrink"
@@ -221,11 +223,20 @@ def test_pipeline_runs_removal_then_shrink_then_selection_then_final_training(tm
     chosen = max(candidates, key=lambda c: c["val_accuracy"])
     assert selection["chosen"] == chosen["name"] and report["student"] == chosen["student"]
     assert load_student(out / "student.pt").params == report["params"]
+    # --baselines: the teacher at the student's size, trained as it was, reported beside it.
+    compared = json.loads((out / "baselines.json").read_text())
+    assert compared["student"]["test_accuracy"] == report["test_accuracy"]
+    uniform = report["baselines"]["students"]["uniform-width"]
+    assert uniform == {k: compared["baselines"]["uniform-width"][k] for k in uniform}
+    assert abs(uniform["params"] - report["params"]) / report["params"] < 0.1
+    assert "uniform-width" in (out / "baselines.md").read_text()
 
-    # Rerunning with --resume finds every stage done (the selection kept) and only finishes again.
+    # Rerunning with --resume finds every stage done (the selection kept) and only finishes again;
+    # the baselines measured are kept.
     assert train_agent.main([*argv, "--resume"]) == 0
     assert len(read_evaluations(shrink)) == 3
     assert json.loads(selection_file.read_text()) == selection
+    assert json.loads((out / "baselines.json").read_text())["baselines"] == compared["baselines"]
 
 
 def test_start_from_continues_a_removal_run_in_the_shrink_env(tmp_path):
@@ -290,6 +301,8 @@ def test_evaluate_bad_input_gives_one_clear_line(argv, message, tmp_path):
         (["--final-kwargs", '{"epochs": 0}'], "--final-kwargs"),
         (["--shrink-kwargs", '{"fidelity": "medium"}'], "add --pipeline"),
         (["--pipeline", "--env", "CartPole-v1"], "not an N2N removal or shrink environment"),
+        (["--baselines"], "--baselines compares the finished student: add --pipeline"),
+        (["--pipeline", "--baselines", "uniform,scratch-labels"], "unknown baseline uniform"),
     ],
 )
 def test_pipeline_flags_are_checked(argv, message, capsys):

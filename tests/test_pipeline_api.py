@@ -24,10 +24,14 @@ def test_compress_a_model_object_in_one_call(tmp_path):
         evaluator="proxy",  # the cheap evaluator for the searches; the final training is real
         final={"epochs": 2, "transfer_size": 4096, "lr": 0.01, "eval_size": 1000},
         threads=1,  # a shared machine's share, as --threads gives the command line
+        baselines=["uniform-width"],  # trained as the student was, reported beside it
     )
     # the shrink stage's limit: at most a tenth of the teacher's parameters
     assert student.params <= teacher.spec.params // 10
     assert report["params"] == student.params and 0.1 < report["test_accuracy"] <= 1
+    uniform = report["baselines"]["students"]["uniform-width"]
+    assert abs(uniform["params"] - student.params) / student.params < 0.1
+    assert 0.1 < uniform["test_accuracy"] <= 1
     x = torch.zeros(2, *teacher.spec.input_shape)
     assert student.module(x).shape == (2, teacher.spec.num_classes)
     assert (tmp_path / "run" / "1-removal" / "config.json").exists()
@@ -46,6 +50,7 @@ def test_compress_a_model_object_in_one_call(tmp_path):
         ("removal", "shrink", "select", "final"),
     )
     assert again.shrink_kwargs["constraints"]["max_params"] == teacher.spec.params // 10
+    assert again.baselines == ("uniform-width",)
 
 
 def test_compress_refuses_bad_settings_in_its_own_terms_printing_and_leaving_nothing(
@@ -62,6 +67,8 @@ def test_compress_refuses_bad_settings_in_its_own_terms_printing_and_leaving_not
     assert "--" not in str(caught.value)  # no command-line flag names
     with pytest.raises(ValueError, match="budget must be at least 1"):
         n2n_gym.compress(teacher.module, "mnist", out=out, budget=0)
+    with pytest.raises(ValueError, match="baselines: unknown baseline uniform; choose from"):
+        n2n_gym.compress(teacher.module, "mnist", out=out, baselines="uniform")
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert not out.exists()  # the saved model is removed with the folder it made

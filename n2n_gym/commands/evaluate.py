@@ -38,14 +38,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from n2n_gym.baseline_names import BASELINES, MATCHES, baselines_file, check_baselines
+from n2n_gym.baseline_names import BASELINES, MATCHES, check_baselines
 from n2n_gym.cli import (
     OneLineParser,
     cores,
     fail,
-    markdown,
     out_folder_problem,
-    progress,
     set_threads,
     show_table,
 )
@@ -239,27 +237,11 @@ def finish(args: argparse.Namespace, console: Console) -> int:
 
 def baselines(args: argparse.Namespace, console: Console) -> int:
     """Train each baseline with the finished student's settings, then print the comparison."""
-    from n2n_gym.baselines import baselines_table, read_baseline_source, run_baselines
-    from n2n_gym.shared_cores import warn_shared_cores
+    from n2n_gym.final_training import baselines_with_progress
 
-    source = read_baseline_source(args.runs[0])  # refuses a wrong folder before any work
-    warn_shared_cores(console, source.folder, args.threads or cores())
-    total = source.config.epochs * len(args.only)
-    with progress(total, "baselines", "epoch") as bar:
-
-        def on_epoch(name: str, entry: dict[str, float]) -> None:
-            bar.update(1)
-            bar.set_postfix(baseline=name, val=f"{entry['val_accuracy']:.4f}")
-
-        results = run_baselines(
-            source, args.only, match=args.match, device=args.device, on_epoch=on_epoch
-        )
-    table = baselines_table(results)
-    written = source.folder / baselines_file(args.match)
-    summary = written.with_suffix(".md")
-    summary.write_text(markdown(table) + "\n")
-    show_table(console, table)
-    console.print(f"wrote {written} and {summary}")
+    results = baselines_with_progress(
+        args.runs[0], args.only, console, match=args.match, device=args.device, threads=args.threads
+    )
     failed = [n for n, r in results["baselines"].items() if "error" in r]
     return 1 if failed else 0
 

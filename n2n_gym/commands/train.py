@@ -31,6 +31,7 @@ from rich.console import Console
 # (importing any n2n_gym module registers the environments: n2n_gym/__init__.py)
 from agents.names import ALGOS, CONTROLLER_KINDS
 from agents.pretrained import PRETRAINED
+from n2n_gym.baseline_names import BASELINES
 from n2n_gym.cli import (
     OneLineParser,
     fail,
@@ -237,6 +238,17 @@ def build_parser() -> OneLineParser:
         default="{}",
         help="final stage: JSON of DistillConfig fields, e.g. '{\"epochs\": 5}'",
     )
+    add(
+        pipeline,
+        "--baselines",
+        nargs="?",
+        const=",".join(BASELINES),
+        default=None,
+        metavar="NAMES",
+        help="after the final training, train students of the finished student's size with no "
+        "search and the same final training, and report them beside it: comma-separated from "
+        f"{','.join(BASELINES)} (default: all of them)",
+    )
     output = parser.add_argument_group("output")
     add(output, "--out", default=None)
     add(output, "--resume", action="store_true")
@@ -270,6 +282,7 @@ def parse_args(argv: list[str] | None = None) -> SearchSettings:
         "final_kwargs",
         "shrink_kwargs",
         "hyperparams",
+        "baselines",
     )
     settings = SearchSettings(
         **{k: v for k, v in vars(ns).items() if k not in skip},
@@ -278,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> SearchSettings:
         stages=stages,
         shrink_kwargs=_json_object(parser, "--shrink-kwargs", ns.shrink_kwargs),
         final=_json_object(parser, "--final-kwargs", ns.final_kwargs),
+        baselines=tuple(n.strip() for n in (ns.baselines or "").split(",") if n.strip()),
         argv=argv,
     )
     try:
