@@ -9,10 +9,12 @@ task, so ``gymnasium.make("N2NJoint-Tab-v0", table=path)`` uses it as it would t
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from n2n_gym.grid import joint_grid
 from n2n_gym.measure import ProxyMeasurer
@@ -83,3 +85,33 @@ def fashion_mnist_dir() -> Path:
     if not (root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
         pytest.skip(f"needs Fashion-MNIST images under {root}/FashionMNIST/raw (N2N_TEST_DATA_DIR)")
     return root
+
+
+# A real but tiny reward (enough images that students learn something) and final training.
+TINY_REWARD = '{"fidelity": {"transfer_size": 1024, "eval_size": 500}}'
+TINY_FINAL = ["--epochs", "2", "--transfer-size", "2048"]
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny real search (random, 4 students, real distillation rewards) and its best student
+    finished by ``evaluate.py`` (2 epochs on 2,048 images): (run folder, finished folder).
+
+    Built once per test session and shared by its test processes; treat both as read-only (copy
+    one to change it).
+    """
+    import evaluate
+    import train_agent
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder the session's test processes share
+    root = base / "finished-search"
+    run, finished = root / "run", root / "finished"
+    with FileLock(f"{root}.lock"):
+        if not (finished / "report.json").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed part way
+            argv = ["--algo", "random", "--budget", "4", "--out", str(run)]
+            assert train_agent.main([*argv, "--env-kwargs", TINY_REWARD]) == 0
+            assert evaluate.main([str(run), "--out", str(finished), *TINY_FINAL]) == 0
+    return run, finished

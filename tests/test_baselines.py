@@ -12,7 +12,6 @@ import torch
 
 import evaluate
 import n2n_gym.baselines
-import train_agent
 from n2n_gym.arch import StudentDescription, unit_rules
 from n2n_gym.baselines import magnitude_pruned, uniform_width_student
 from n2n_gym.data import load_dataset
@@ -100,18 +99,12 @@ def test_baselines_match_the_students_macs_instead_when_asked(name):
         uniform_width_student(teacher.spec, target, match="latency")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A tiny real search, finished by evaluate.py with a tiny final training."""
-    root = tmp_path_factory.mktemp("baselines")
-    run = root / "run"
-    reward = '{"fidelity": {"transfer_size": 1024, "eval_size": 500}}'
-    argv = ["--algo", "random", "--budget", "4", "--out", str(run), "--env-kwargs", reward]
-    assert train_agent.main(argv) == 0
-    out = root / "finished"
-    final = ["--epochs", "2", "--transfer-size", "2048"]
-    assert evaluate.main([str(run), "--out", str(out), *final]) == 0
-    return out
+@pytest.fixture
+def finished(finished_search, tmp_path):
+    """A copy of the session's tiny finished search (its report names the shared run)."""
+    folder = tmp_path / "finished"
+    shutil.copytree(finished_search[1], folder)
+    return folder
 
 
 @pytest.mark.expensive
@@ -147,11 +140,8 @@ def test_evaluate_baselines_trains_each_at_the_students_size_and_resumes(finishe
 
 @pytest.mark.expensive
 def test_a_training_cut_short_by_ctrl_c_is_kept_marked_and_never_reused(
-    finished, tmp_path, monkeypatch, capsys
+    finished, finished_search, tmp_path, monkeypatch, capsys
 ):
-    folder = tmp_path / "finished"
-    shutil.copytree(finished, folder)
-    (folder / "baselines.json").unlink(missing_ok=True)
     real = n2n_gym.baselines.train_module
 
     def ctrl_c_after_the_first_epoch(*args, **kwargs):
@@ -161,18 +151,25 @@ def test_a_training_cut_short_by_ctrl_c_is_kept_marked_and_never_reused(
         return real(*args, **{**kwargs, "on_epoch": stop})
 
     monkeypatch.setattr(n2n_gym.baselines, "train_module", ctrl_c_after_the_first_epoch)
-    argv = [str(folder), "--baselines", "--only", "uniform-width,scratch-labels", "--device", "cpu"]
+    argv = [
+        str(finished),
+        "--baselines",
+        "--only",
+        "uniform-width,scratch-labels",
+        "--device",
+        "cpu",
+    ]
     assert evaluate.main(argv) == 130  # one Ctrl-C stops the command: no second baseline
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert err == (
         "error: baseline uniform-width: interrupted after 1 of 2 epochs; rerun the command to "
         "train it fully"
     )
-    saved = json.loads((folder / "baselines.json").read_text())["baselines"]
+    saved = json.loads((finished / "baselines.json").read_text())["baselines"]
     assert saved == {"uniform-width": {"interrupted": {"epochs_done": 1, "epochs": 2}}}
     monkeypatch.undo()
     assert evaluate.main(argv) == 0  # trained again in full, not reused
-    saved = json.loads((folder / "baselines.json").read_text())["baselines"]
+    saved = json.loads((finished / "baselines.json").read_text())["baselines"]
     assert (
         saved["uniform-width"]["best_epoch"] in (1, 2)
         and "interrupted" not in saved["uniform-width"]
@@ -185,7 +182,7 @@ def test_a_training_cut_short_by_ctrl_c_is_kept_marked_and_never_reused(
 
     with pytest.raises(TrainingInterrupted, match="final training: interrupted after 1 of 2"):
         finish_run(
-            finished.parent / "run",
+            finished_search[0],
             config=config,
             device="cpu",
             out_dir=tmp_path / "cut",

@@ -22,9 +22,6 @@ from n2n_gym.surgery import build_student
 from n2n_gym.teachers import load_teacher
 
 PROXY = '{"evaluator": "proxy"}'
-# A real but tiny reward: enough images that students learn something.
-TINY_REWARD = '{"fidelity": {"transfer_size": 1024, "eval_size": 500}}'
-TINY_FINAL = ["--epochs", "2", "--transfer-size", "2048"]
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +29,10 @@ def mnist():
     return load_dataset("mnist", val_size=5000, seed=0)
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+@pytest.fixture
+def real_run(finished_search):
     """A short stage-1 search with real (tiny) distillation rewards."""
-    out = tmp_path_factory.mktemp("real") / "run"
-    argv = ["--algo", "random", "--budget", "4", "--out", str(out), "--env-kwargs", TINY_REWARD]
-    assert train_agent.main(argv) == 0
-    return out
+    return finished_search[0]
 
 
 def test_saved_student_reloads_with_identical_outputs(tmp_path):
@@ -103,9 +97,8 @@ def test_search_saves_the_best_students_weights_as_it_scored_them(real_run, mnis
 
 
 @pytest.mark.expensive
-def test_evaluate_reports_on_the_test_set_and_the_student_reloads(real_run, mnist, tmp_path):
-    out = tmp_path / "finished"
-    assert evaluate.main([str(real_run), "--out", str(out), *TINY_FINAL]) == 0
+def test_evaluate_reports_on_the_test_set_and_the_student_reloads(finished_search, mnist):
+    real_run, out = finished_search  # evaluate.py RUN --out OUT --epochs 2 --transfer-size 2048
     report = json.loads((out / "report.json").read_text())
     for key in ("test_accuracy", "teacher_test_accuracy", "params", "teacher_params"):
         assert report[key] is not None, key
