@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import statistics
@@ -48,6 +49,7 @@ __all__ = [
     "TrainingInterrupted",
     "cpu_latency",
     "finish_run",
+    "finished_report",
     "model_size",
     "report_table",
     "test_report",
@@ -367,6 +369,22 @@ def test_report(
         student=student.to_dict() if student is not None else {},
         extra=extra,
     )
+
+
+def finished_report(
+    out_dir: str | Path, student: StudentDescription, config: DistillConfig
+) -> dict[str, Any] | None:
+    """The report in ``out_dir`` if it finished ``student`` with ``config`` to the end and its
+    student file is there (a resumed pipeline keeps it); ``None`` otherwise."""
+    out_dir = Path(out_dir)
+    path = out_dir / REPORT_FILE
+    if not path.is_file() or not (out_dir / STUDENT_FILE).is_file():
+        return None
+    report = json.loads(path.read_text())
+    wanted = json.loads(json.dumps({"student": student.to_dict(), "final": config.to_dict()}))
+    same = report.get("student") == wanted["student"]
+    same = same and report.get("final_training") == wanted["final"]
+    return report if same and not report.get("interrupted") else None
 
 
 def finish_run(

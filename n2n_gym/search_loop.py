@@ -55,12 +55,14 @@ from n2n_gym.final_training import (
     finish_with_progress,
     select_with_progress,
 )
-from n2n_gym.finalize import FINAL_TRAINING
+from n2n_gym.finalize import FINAL_TRAINING, finished_report
 from n2n_gym.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     CONVERGED_EPISODE_FACTOR,
+    REPORT_FILE,
     RunRecorder,
+    read_best_student,
     resume_conflict,
     write_best_weights,
     write_json_atomic,
@@ -426,14 +428,21 @@ def run_pipeline(args: SearchSettings, console: Console) -> int:
             what = "selected" if selected is not None else "best"
             console.rule(f"stage {number}: final training of the {what} student")
             config = replace(FINAL_TRAINING, **args.final)
-            finish_with_progress(
-                previous,
-                console,
-                student=selected,
-                config=config,
-                device=args.device,
-                out_dir=out,
-            )
+            student = selected if selected is not None else read_best_student(previous)[0]
+            if args.resume and finished_report(out, student, config) is not None:
+                console.print(
+                    f"final training: done for this student and training, kept: {out / REPORT_FILE}",
+                    soft_wrap=True,
+                )
+            else:
+                finish_with_progress(
+                    previous,
+                    console,
+                    student=student,
+                    config=config,
+                    device=args.device,
+                    out_dir=out,
+                )
             if args.baselines:
                 console.rule("the finished student beside students of its size with no search")
                 # A baseline that fails is a row that says so: the student is finished either way.

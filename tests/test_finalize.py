@@ -224,11 +224,15 @@ def test_pipeline_runs_removal_then_shrink_then_selection_then_final_training(tm
     assert abs(uniform["params"] - report["params"]) / report["params"] < 0.1
     assert "uniform-width" in (out / "baselines.md").read_text()
 
-    # Rerunning with --resume finds every stage done (the selection kept) and only finishes again;
-    # the baselines measured are kept.
+    # Rerunning with --resume finds every stage done and trains nothing: the selection, the
+    # finished student and the baselines measured are kept.
+    trained = (out / "student.pt").stat().st_mtime_ns
+    report = json.loads((out / "report.json").read_text())
     assert train_agent.main([*argv, "--resume"]) == 0
     assert len(read_evaluations(shrink)) == 3
     assert json.loads(selection_file.read_text()) == selection
+    assert (out / "student.pt").stat().st_mtime_ns == trained
+    assert json.loads((out / "report.json").read_text()) == report
     assert json.loads((out / "baselines.json").read_text())["baselines"] == compared["baselines"]
 
 
