@@ -40,7 +40,7 @@ from n2n_gym.fidelity import FINAL_TRAINING
 from n2n_gym.runs import REPORT_FILE, STUDENT_FILE, read_best_student, read_run_task
 from n2n_gym.students import save_student
 from n2n_gym.surgery import build_student
-from n2n_gym.teachers import Teacher
+from n2n_gym.teachers import Teacher, weights_fingerprint
 
 __all__ = [
     "FINAL_TRAINING",
@@ -292,15 +292,6 @@ class StudentReport:
 _TEACHER_MEASURES: dict[tuple[str, str, str, int], tuple[float, float]] = {}
 
 
-def _weights_digest(module: torch.nn.Module) -> str:
-    """A digest of the module's parameters and buffers (a teacher trained further differs)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def _split_digest(data: DatasetSplits, x: torch.Tensor, y: torch.Tensor) -> str:
     """A digest of the test split: its labels, shape, normalisation and a sample of its pixels."""
     digest = hashlib.blake2b(digest_size=16)
@@ -336,7 +327,12 @@ def test_report(
     device = resolve_device(device)
     x, y = data.split("test")
     shape = tuple(teacher.spec.input_shape)
-    key = (_weights_digest(teacher.module), _split_digest(data, x, y), str(device), latency_batch)
+    key = (
+        weights_fingerprint(teacher.module),
+        _split_digest(data, x, y),
+        str(device),
+        latency_batch,
+    )
     x = prepare_inputs(x, device)
     y = y.to(device)
     if key not in _TEACHER_MEASURES:
