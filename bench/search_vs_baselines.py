@@ -102,7 +102,8 @@ def pipeline(args: argparse.Namespace, seed: int, console: Console) -> Path:
     final = json.loads(args.final_kwargs) | {"seed": seed}
     command += ["--final-kwargs", json.dumps(final), "--threads", str(args.threads)]
     command += ["--out", str(folder), *args.pipeline_args.split()]
-    command += ["--resume"] if (folder / "pipeline.json").exists() else []
+    # A pipeline stopped during its first stage has a stage folder but no pipeline.json yet.
+    command += ["--resume"] if folder.is_dir() and any(folder.iterdir()) else []
     console.print(f"seed {seed}: pipeline into {folder}")
     started = time.perf_counter()
     run(command, args.out / "logs" / f"pipeline-{seed}.log")

@@ -187,6 +187,15 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """Torch threads of a job not told how many: ``OMP_NUM_THREADS`` when it is set (the usual
+    cap on a shared machine, which torch itself follows), else every core this process may use."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return cores()
+
+
 def set_threads(threads: int) -> None:
     """Give torch ``threads`` CPU threads in this process (its share of the cores)."""
     import torch

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from n2n_gym.atomic import write_json_atomic
-from n2n_gym.cli import cores, markdown, progress, show_table
+from n2n_gym.cli import default_threads, markdown, progress, show_table
 from n2n_gym.finalize import FINAL_TRAINING, finish_run, report_table
 from n2n_gym.runs import REPORT_FILE, read_best_student, read_run_task
 
@@ -106,7 +106,7 @@ def baselines_with_progress(
     from n2n_gym.shared_cores import warn_shared_cores
 
     source = read_baseline_source(folder)  # refuses a wrong folder before any work
-    warn_shared_cores(console, source.folder, threads or cores())
+    warn_shared_cores(console, source.folder, threads or default_threads())
     with progress(source.config.epochs * len(names), "baselines", "epoch") as bar:
 
         def on_epoch(name: str, entry: dict[str, float]) -> None:

@@ -88,7 +88,7 @@ def compress(
         seed: seeds the searches.
         final: DistillConfig fields for the final training (``--final-kwargs``).
         resume: continue a stopped run in ``out``.
-        threads: torch CPU threads (default: every core); on a machine shared with other jobs,
+        threads: torch CPU threads (default: ``OMP_NUM_THREADS`` when set, else every core); on a machine shared with other jobs,
             give each its share (``threads=1``).
         workers: evaluation worker processes (``n2n-gym train --workers``).
         baselines: after the final training, train these students of the finished student's

@@ -42,7 +42,7 @@ from agents.sb3 import make_sb3_agent
 from n2n_gym.arch import StudentDescription
 from n2n_gym.backends import BackendConfigError, WorkersLost, make_backend
 from n2n_gym.cli import (
-    cores,
+    default_threads,
     fail,
     progress,
     set_threads,
@@ -317,7 +317,7 @@ def run_search(args: SearchSettings, console: Console) -> int:
     episode_length = probe.unwrapped.num_steps
     probe.close()
     # Every core by default; workers and subprocess environments divide them.
-    threads = args.threads or cores()
+    threads = args.threads or default_threads()
     set_threads(1 if args.workers or args.ray_address else threads)
     try:
         task = task.resolved()  # records the teacher's fingerprint in config.json

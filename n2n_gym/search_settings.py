@@ -101,7 +101,8 @@ class SearchSettings:
     """how Ray workers get the teacher and data: object_store (shipped by this process; nodes
     need only the package) or paths (each reads the task's paths, which every node must have)"""
     threads: int | None = None
-    """torch CPU threads of this search, shared by its processes (default: every core)"""
+    """torch CPU threads of this search, shared by its processes (default: OMP_NUM_THREADS when
+    set, else every core)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra gymnasium.make keyword arguments"""
     hyperparams: dict[str, Any] = field(default_factory=dict)

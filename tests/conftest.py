@@ -23,12 +23,13 @@ from n2n_gym.task import Task
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each test process gets one core's share: torch's default (every core) in each of them
-    # would oversubscribe the machine several times over.
+    # would oversubscribe the machine several times over, and its idle threads spin. The
+    # commands a test runs, in this process or in a child, default to OMP_NUM_THREADS too.
     import torch
 
-    torch.set_num_threads(
-        max(1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    )
+    share = max(1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)
 
 
 def build_proxy_table(path: Path) -> Table:

@@ -121,3 +121,28 @@ def test_progress_in_a_log_is_plain_lines_without_a_repeated_last_line(capsys):
         "final training: 3/3 epochs",
     ]
     assert "\r" not in "".join(lines) and "val=0.92" in lines[-1]
+
+
+def test_a_job_not_told_its_threads_takes_omp_num_threads_else_every_core(monkeypatch, tmp_path):
+    from n2n_gym.cli import cores, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert default_threads() == cores()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == cores()
+    # A search not told its threads: torch gets the capped share, not every core.
+    import torch
+
+    import train_agent
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
+    try:
+        argv = ["--algo", "random", "--budget", "1", "--out", str(tmp_path / "run")]
+        assert train_agent.main([*argv, "--env-kwargs", PROXY]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -41,7 +41,7 @@ import n2n_gym  # noqa: F401  (registers the environments)
 from n2n_gym.baseline_names import BASELINES, MATCHES, check_baselines
 from n2n_gym.cli import (
     OneLineParser,
-    cores,
+    default_threads,
     fail,
     out_folder_problem,
     set_threads,
@@ -99,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads for the training (default: every core; on a machine shared "
+        help="torch CPU threads for the training (default: OMP_NUM_THREADS when set, else "
+        "every core; on a machine shared "
         "with other jobs, give each its share, e.g. --threads 1)",
     )
     parser.add_argument(
@@ -213,7 +214,7 @@ def finish(args: argparse.Namespace, console: Console) -> int:
 
     run_dir = args.runs[0]
     read_run_task(run_dir)  # refuses a folder that is not a run before anything else
-    warn_shared_cores(console, run_dir, args.threads or cores())
+    warn_shared_cores(console, run_dir, args.threads or default_threads())
     student = greedy_student(run_dir) if args.student == "policy" else None
     config = dataclasses.replace(
         FINAL_TRAINING,
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     if not args.compare:  # finishing and baselines train: share the cores as searches do
-        set_threads(args.threads or cores())
+        set_threads(args.threads or default_threads())
     try:
         if args.baselines:
             return baselines(args, console)
