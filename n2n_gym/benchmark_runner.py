@@ -13,7 +13,7 @@ the statistics of :mod:`n2n_gym.benchmark`, and with ``suite`` the environments 
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.names import ALGOS, BUDGET_DEPENDENT, CONTROLLER_KINDS, PRUNING_SEARCHES
 from n2n_gym.atomic import write_json_atomic
-from n2n_gym.parent_watch import exit_with_parent
+from n2n_gym.parent_watch import exit_with_parent, worker_context
 from n2n_gym.runs import CONFIG_FILE, SUMMARY_FILE, RunDirError, distinct_counts, read_evaluations
 from n2n_gym.search_settings import (
     CLI_NAMES,
@@ -309,10 +309,12 @@ def run_benchmark(settings: BenchmarkSettings, console: Console) -> BenchmarkRes
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    context = multiprocessing.get_context("spawn")
     # Workers end with this process: a killed benchmark leaves no search running.
     pool = ProcessPoolExecutor(
-        max_workers=settings.workers, mp_context=context, initializer=exit_with_parent
+        max_workers=settings.workers,
+        mp_context=worker_context("n2n_gym.search_loop"),
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
     )
     try:
         with Progress(*columns, console=console) as progress:

@@ -117,6 +117,42 @@ def test_killing_a_pool_worker_mid_search_retries_its_students(pool, reference):
     assert Evaluator(pool).evaluate(STUDENTS[0]).ok  # and the search goes on
 
 
+_POOL_MAKER = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from n2n_gym.parent_watch import exit_with_parent, worker_context
+
+pool = ProcessPoolExecutor(
+    1, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(), 0.1)
+)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 600)  # a worker busy with a long job
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_a_pool_worker_ends_with_the_process_that_made_the_pool():
+    """A worker forked from the fork server has that server as its parent, and the server lives
+    as long as its workers do: the worker watches the process that made the pool."""
+    import subprocess
+    import sys
+
+    maker = subprocess.Popen([sys.executable, "-c", _POOL_MAKER], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(maker.stdout.readline())
+        assert Path(f"/proc/{worker}").exists()
+    finally:
+        maker.kill()
+        maker.wait()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{worker}").exists():
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the pool worker outlived the process that made the pool")
+
+
 def test_cache_hits_and_repeated_students_stay_in_the_driver(tmp_path):
     backend = ProcessPoolBackend(PROXY, 1)
     evaluator = Evaluator(backend, cache=MeasurementCache(tmp_path / "rewards.sqlite"))

@@ -463,11 +463,11 @@ def test_a_killed_benchmark_leaves_no_worker_running(proxy_table, tmp_path):
             assert benchmark.poll() is None, benchmark.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the benchmark's runs did not start"
             time.sleep(0.2)
-        workers = {
-            pid
-            for pid in _children(benchmark.pid)
-            if "spawn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        }
+        # every process it started: the workers (forked from a server process, or spawned)
+        workers, parents = set(), {benchmark.pid}
+        while parents:
+            parents = set().union(*(_children(pid) for pid in parents)) - workers
+            workers |= parents
         assert len(workers) >= 2
     finally:
         benchmark.send_signal(signal.SIGKILL)

@@ -58,7 +58,7 @@ class ProcessPoolBackend(WorkerBackend):
             self.workers,
             mp_context=pool_context(),
             initializer=start_pool_worker,
-            initargs=(self.task, self.threads),
+            initargs=(self.task, self.threads, os.getpid()),
         )
 
     def _start_all(self) -> list[WorkerFacts]:

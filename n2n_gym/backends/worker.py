@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from n2n_gym.arch import NetworkSpec, StudentDescription
 from n2n_gym.cache import json_digest
 from n2n_gym.measure import Measurement, Measurer
-from n2n_gym.parent_watch import exit_with_parent
+from n2n_gym.parent_watch import exit_with_parent, worker_context
 from n2n_gym.task import Task
 
 if TYPE_CHECKING:
@@ -109,23 +109,19 @@ class Worker:
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
-    """Workers fork from a server process that imported this module but never touched CUDA or
-    torch's thread pool: safe like spawn, without paying the imports again for every worker."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+    """Pool workers fork from a server process that imported this module (:func:`worker_context`)."""
+    return worker_context(__name__)
 
 
 # The worker of this process when it is a pool worker.
 _POOL_WORKER: Worker | None = None
 
 
-def start_pool_worker(task: Task, threads: int | None) -> None:
-    """Pool initializer: build this process's worker (which ends when its parent does)."""
+def start_pool_worker(task: Task, threads: int | None, owner: int) -> None:
+    """Pool initializer: build this process's worker (which ends when ``owner``, the process that
+    made the pool, does)."""
     global _POOL_WORKER
-    exit_with_parent()
+    exit_with_parent(owner)
     _POOL_WORKER = Worker(task, threads)
 
 
