@@ -40,6 +40,7 @@ from n2n_gym.distill import (
     prepare_inputs,
     prepare_module,
     resolve_device,
+    transfer_indices,
 )
 from n2n_gym.surgery import build_student
 
@@ -466,12 +467,18 @@ class DistillationMeasurer(Measurer):
         } | ({"curve_points": self.curve_points} if self.curve_points > 1 else {})
 
     def _fingerprint_data(self) -> str:
-        """A hash of exactly the images and labels a measurement depends on."""
+        """A hash of exactly the images and labels a measurement depends on: the transfer set's
+        (picked as :class:`TeacherTargets` picks them, without the teacher's pass over them, so a
+        cache that answers every student never runs it) and the validation set's."""
         if self._data_fingerprint is None:
             hasher = hashlib.blake2b(digest_size=16)
             hasher.update(self.data.name.encode())
-            targets, (x, y) = self.targets, self.eval_set
-            for tensor in (targets.inputs, targets.labels, x, y):
+            train_x, train_y = self.data.split("train")
+            config = self.distill_config
+            index = transfer_indices(len(train_x), config.transfer_size, config.seed)
+            index = index.to(train_x.device)
+            x, y = self.eval_set
+            for tensor in (train_x[index], train_y[index], x, y):
                 hasher.update(tensor.contiguous().cpu().numpy().tobytes())
             self._data_fingerprint = hasher.hexdigest()
         return self._data_fingerprint

@@ -265,7 +265,9 @@ def test_stage_one_result_feeds_the_shrink_env(tmp_path):
 
 @pytest.mark.expensive
 @pytest.mark.parametrize("env_id", ["N2NRemoval-v2", "N2NShrink-v2"])
-def test_real_distillation_episode_is_deterministic(env_id, tmp_path):
+def test_real_distillation_episode_is_deterministic(env_id, tmp_path, monkeypatch):
+    from n2n_gym.distill import TeacherTargets
+
     policy = remove_every_other if "Removal" in env_id else (lambda env, obs: 6)
     env = gym.make(env_id, cache_path=str(tmp_path / "rewards.sqlite"))
     reward, _, info = run_episode(env, policy)
@@ -273,7 +275,13 @@ def test_real_distillation_episode_is_deterministic(env_id, tmp_path):
     assert info["accuracy"] > 0.5 and info["params"] < info["teacher_params"]  # chance is 0.1
     assert 0 < reward <= 1
     again = gym.make(env_id, cache_path=str(tmp_path / "rewards.sqlite"))
-    reward_again, _, info_again = run_episode(again, policy)
+
+    def no_teacher_pass(*args, **kwargs):
+        raise AssertionError("a cache hit ran the teacher over the transfer set")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TeacherTargets, "compute", no_teacher_pass)
+        reward_again, _, info_again = run_episode(again, policy)
     assert info_again["cache_hit"] and reward_again == reward
     fresh = gym.make(env_id)  # no cache: the same seed gives the same reward
     assert run_episode(fresh, policy)[0] == reward
