@@ -251,6 +251,8 @@ def stability(final: Mapping[str, np.ndarray], seeds: Sequence[int]) -> dict[str
 
     half = len(seeds) // 2
     halves = [list(seeds[:half]), list(seeds[half : 2 * half])]
+    if half == 0:  # one seed: no halves to rank
+        return {"halves": halves, "rankings": [[], []], "tau": None}
     algos = sorted(final)
     scores = [
         [(iqm(final[a][:half]), float(np.mean(final[a][:half]))) for a in algos],

@@ -335,6 +335,12 @@ def test_stability_compares_the_rankings_of_two_seed_halves():
     assert info["tau"] == pytest.approx(-1.0)
     assert info["rankings"] == [["a", "b", "c"], ["c", "b", "a"]]
     assert stability(same, seeds[:3])["tau"] is None  # one seed a half ranks nothing
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a benchmark of one seed used to warn of empty means
+        single = stability({"a": np.array([0.1]), "b": np.array([0.2])}, [0])
+    assert single == {"halves": [[], []], "rankings": [[], []], "tau": None}
 
 
 def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
