@@ -140,12 +140,13 @@ def _benchmark(
     budget: int = 30,
     env: str = ENV,
     budgets: str | None = None,
+    workers: int = 2,
 ) -> subprocess.CompletedProcess:
     kwargs = json.dumps({"table": str(table)})
     command = [sys.executable, str(ROOT / "evaluate.py"), "--benchmark", "--env", env]
     command += ["--env-kwargs", kwargs, "--algos", algos, "--seeds", str(seeds)]
     command += ["--budgets", budgets] if budgets else ["--budget", str(budget)]
-    command += ["--workers", "2", "--out", str(out)]
+    command += ["--workers", str(workers), "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
@@ -196,7 +197,10 @@ def test_identical_benchmark_commands_write_identical_reports_and_a_killed_one_r
 def learning_rows(proxy_table, tmp_path_factory) -> dict[str, dict]:
     """Every policy learner and random search, 5 seeds x 200 students on the proxy table."""
     out = tmp_path_factory.mktemp("learning")
-    done = _benchmark(out, proxy_table, ",".join((*LEARNERS, "random")), seeds=5, budget=200)
+    # One run at a time: this test process's share of the cores (a second run would starve the
+    # other test process, whose Ray tests slow down tenfold on an oversubscribed machine).
+    learners = ",".join((*LEARNERS, "random"))
+    done = _benchmark(out, proxy_table, learners, seeds=5, budget=200, workers=1)
     assert done.returncode == 0, done.stderr[-3000:]
     return {row["algo"]: row for row in json.loads((out / "benchmark.json").read_text())["rows"]}
 
