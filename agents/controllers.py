@@ -127,6 +127,11 @@ class Controller(nn.Module):
             A ``Categorical`` with batch shape ``(B, T)``. Padding steps allow every action (so
             nothing is NaN); callers must ignore them.
         """
+        return Categorical(logits=self._masked_logits(obs, actions, action_masks))
+
+    def _masked_logits(
+        self, obs: ObsBatch, actions: torch.Tensor | None, action_masks: torch.Tensor | None
+    ) -> torch.Tensor:
         sequence, valid = self._unpack(obs)
         previous = self._previous_actions(obs, actions, valid)
         logits = self.logits(sequence, valid, previous)
@@ -134,7 +139,7 @@ class Controller(nn.Module):
             allowed = action_masks.to(device=logits.device, dtype=torch.bool)
             allowed = allowed | ~valid.unsqueeze(-1)
             logits = logits.masked_fill(~allowed, float("-inf"))
-        return Categorical(logits=logits)
+        return logits
 
     def step_distribution(
         self,
@@ -154,7 +159,7 @@ class Controller(nn.Module):
         Returns:
             A ``Categorical`` with batch shape ``(B,)``.
         """
-        logits = self.distribution(obs, actions).logits
+        logits = self._masked_logits(obs, actions, None)
         step = obs["position"].argmax(dim=-1)
         logits = logits[torch.arange(logits.shape[0], device=logits.device), step]
         if action_masks is not None:

@@ -15,6 +15,7 @@ import logging
 import math
 import statistics
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,6 +144,57 @@ def train_final(
     return trained
 
 
+# The last transfer set's teacher logits: the candidates of a selection, the final training and
+# the baselines distil from the same teacher on the same images, and a teacher pass over the
+# whole training split costs seconds to minutes on a CPU. Weak references: the entry never keeps
+# a teacher or a data set alive, and goes (with its device memory) when either does.
+_LAST_TARGETS: dict[str, Any] = {}
+
+
+def _teacher_targets(
+    teacher: Teacher,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: DistillConfig,
+    device: torch.device,
+) -> TeacherTargets:
+    # The weights' hash, not the object alone: a teacher changed in place is another teacher.
+    key = (
+        weights_fingerprint(teacher.module),
+        config.transfer_size,
+        config.seed,
+        config.eval_batch_size,
+        str(device),
+    )
+    last = _LAST_TARGETS
+    if (
+        last.get("key") == key
+        and last["teacher"]() is teacher.module
+        and last["x"]() is x
+        and last["y"]() is y
+    ):
+        return last["targets"]
+    targets = TeacherTargets.compute(teacher.module, x, y, config, device)
+    last.clear()
+    token = object()
+    for owner in (x, teacher.module):
+        weakref.finalize(owner, _forget_targets, token)
+    last.update(
+        token=token,
+        key=key,
+        teacher=weakref.ref(teacher.module),
+        x=weakref.ref(x),
+        y=weakref.ref(y),
+        targets=targets,
+    )
+    return targets
+
+
+def _forget_targets(token: object) -> None:
+    if _LAST_TARGETS.get("token") is token:
+        _LAST_TARGETS.clear()
+
+
 def train_module(
     teacher: Teacher,
     data: DatasetSplits,
@@ -159,7 +211,7 @@ def train_module(
     device = resolve_device(device)
     start = time.perf_counter()
     x_train, y_train = data.split("train")
-    targets = TeacherTargets.compute(teacher.module, x_train, y_train, config, device)
+    targets = _teacher_targets(teacher, x_train, y_train, config, device)
     x_val, y_val = data.split("val")
     size = config.eval_size or len(y_val)
     x_val, y_val = prepare_inputs(x_val[:size], device), y_val[:size].to(device)

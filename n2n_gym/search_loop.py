@@ -131,15 +131,25 @@ class RecordEvaluations(VecEnvWrapper):
 
 
 class BudgetAndCheckpoints(BaseCallback):
-    """Stops the agent at its budget of distinct students (or converged) and checkpoints it."""
+    """Stops the agent at its budget of distinct students (or converged) and checkpoints it every
+    ``every`` evaluations, but not more often than every ``min_seconds``: on a table an evaluation
+    takes microseconds and saving the agent milliseconds, so a checkpoint per few evaluations
+    would be most of the run. What the agent learned since its last checkpoint is all a kill can
+    lose (each evaluation is recorded as it finishes), and :meth:`save` runs when the search stops.
+    """
 
-    def __init__(self, recorder: RunRecorder, budget: int, every: int, path: Path) -> None:
+    def __init__(
+        self, recorder: RunRecorder, budget: int, every: int, path: Path, min_seconds: float = 2.0
+    ) -> None:
         super().__init__()
         self.recorder, self.budget, self.every, self.path = recorder, budget, every, path
+        self.min_seconds = min_seconds
         self.saved_at = recorder.evaluations
+        self.saved_time = time.monotonic()
 
     def _on_step(self) -> bool:
-        if self.recorder.evaluations - self.saved_at >= self.every:
+        due = self.recorder.evaluations - self.saved_at >= self.every
+        if due and time.monotonic() - self.saved_time >= self.min_seconds:
             self.save()
         return self.recorder.stop_reason(self.budget) is None
 
@@ -151,6 +161,7 @@ class BudgetAndCheckpoints(BaseCallback):
         self.model.save(temporary)
         os.replace(temporary, self.path)
         self.saved_at = self.recorder.evaluations
+        self.saved_time = time.monotonic()
 
 
 def make_agent(args: SearchSettings, venv: VecEnv, run_dir: Path, episode_length: int, done: int):

@@ -117,7 +117,8 @@ class SearchSettings:
     """reinforce's controller: bidirectional, autoregressive, encoder-decoder or actor-critic
     (default: bidirectional for removal, autoregressive otherwise)"""
     checkpoint_every: int = 10
-    """save the agent every this many evaluations"""
+    """save the agent every this many evaluations (at most once every 2 s: a table's evaluations
+    take microseconds, a checkpoint milliseconds), and when the search stops"""
     stages: tuple[str, ...] = ()
     """pipeline stages run one after the other into --out (removal, shrink, final)"""
     shrink_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -85,6 +85,37 @@ def test_reports_measure_one_teacher_once_and_a_changed_teacher_again(mnist, mon
     assert changed.teacher_test_accuracy == real(teacher.module, small.test_x, small.test_y)
 
 
+def test_trainings_on_one_teacher_and_transfer_set_run_the_teacher_over_it_once(mnist, monkeypatch):
+    from n2n_gym.distill import DistillConfig, TeacherTargets
+
+    teacher = load_teacher("default")
+    small = replace(mnist, train_x=mnist.train_x[:256], train_y=mnist.train_y[:256])
+    small = replace(small, val_x=small.val_x[:64], val_y=small.val_y[:64])
+    config = DistillConfig(transfer_size=128, epochs=1, batch_size=64, eval_size=64)
+    passes = []
+    real = TeacherTargets.compute.__func__
+
+    def counted(cls, *args, **kwargs):
+        passes.append(args[3].transfer_size)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(TeacherTargets, "compute", classmethod(counted))
+    student = StudentDescription(teacher.spec, (1, 0.5, 0, 1, 0.5, 0, 0, 0.5, 1))
+
+    def train(config=config, data=small):
+        return finalize.train_final(teacher, data, student, config, device="cpu").val_accuracy
+
+    first = train()
+    assert train() == first and passes == [128]  # the same targets: the same training
+    train(replace(config, transfer_size=192))  # another transfer set
+    other = replace(small, train_x=small.train_x.clone())  # another data set object
+    train(data=other)
+    with torch.no_grad():
+        next(teacher.module.parameters()).mul_(0.5)  # a teacher changed in place
+    train()
+    assert passes == [128, 192, 128, 128]
+
+
 @pytest.mark.expensive
 def test_search_saves_the_best_students_weights_as_it_scored_them(real_run, mnist):
     best = json.loads((real_run / "best_student.json").read_text())

@@ -131,7 +131,8 @@ def test_live_halving_stops_where_the_curve_was_measured_and_continues_bit_for_b
     assert kept.accuracy == full.accuracy  # the checks at the rungs change nothing
     stopped = measurer.measure_halving(plan, STUDENT, (0.25, 0.5), lambda r, m: r < 1)
     assert stopped.halted_at == 0.5 and stopped.accuracy == full.curve[1][2]
-    assert stopped.seconds < full.seconds
+    # It distilled only the images up to its rung (no wall-clock comparison: timings are noisy).
+    assert [point[0] for point in stopped.curve] == [point[0] for point in full.curve[:2]]
 
 
 def test_a_halted_student_is_never_cached_as_a_full_measurement(tmp_path, measurer):

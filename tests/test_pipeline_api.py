@@ -22,7 +22,7 @@ def test_compress_a_model_object_in_one_call(tmp_path):
         budget=4,
         algo="random",
         evaluator="proxy",  # the cheap evaluator for the searches; the final training is real
-        final={"epochs": 2, "transfer_size": 4096, "lr": 0.01, "eval_size": 1000},
+        final={"epochs": 1, "transfer_size": 2048, "lr": 0.01, "eval_size": 1000},
         threads=1,  # a shared machine's share, as --threads gives the command line
         baselines=["uniform-width"],  # trained as the student was, reported beside it
     )

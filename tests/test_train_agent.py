@@ -64,6 +64,33 @@ def test_each_algorithm_writes_a_complete_run_directory(algo, tmp_path):
         assert (out / CHECKPOINT_FILE).exists()
 
 
+def test_checkpoints_come_every_n_evaluations_but_not_more_often_than_the_time_floor(tmp_path):
+    from n2n_gym.runs import RunRecorder
+    from n2n_gym.search_loop import BudgetAndCheckpoints
+
+    class Agent:
+        saves = 0
+
+        def save(self, path):
+            Path(path).write_bytes(b"agent")
+            Agent.saves += 1
+
+    def episodes(min_seconds: float) -> int:
+        Agent.saves = 0
+        recorder = RunRecorder(tmp_path / f"run-{min_seconds}", "random", 0)
+        callback = BudgetAndCheckpoints(
+            recorder, 100, 2, tmp_path / f"ckpt-{min_seconds}.zip", min_seconds=min_seconds
+        )
+        callback.model = Agent()
+        for index in range(10):
+            recorder.record(0.5, {"student_key": f"s{index}"})
+            assert callback._on_step()
+        return Agent.saves
+
+    assert episodes(0.0) == 5  # every second evaluation
+    assert episodes(3600.0) == 0  # cheap evaluations: the floor holds it back; the stop saves
+
+
 def test_resume_continues_without_losing_evaluations(tmp_path):
     out = tmp_path / "run"
     assert run(tmp_path, "--algo", "reinforce", "--budget", "5", "--out", str(out)) == 0
