@@ -58,9 +58,9 @@ from n2n_gym.runs import distinct_counts, full_fidelity, incumbent_worth
 from n2n_gym.statistics import (
     anytime_iqm,
     improvement_estimates,
-    interval_estimates,
     iqm,
     iqm_estimates,
+    mean_estimates,
 )
 
 logger = logging.getLogger(__name__)
@@ -363,11 +363,7 @@ def benchmark_report(
     gains = {a: [learning_gain(r.evaluations) for r in rs] for a, rs in by_algo.items()}
     gain_scores = {a: np.array([[g] for g in gs if g is not None]) for a, gs in gains.items()}
     gain_scores = {a: g for a, g in gain_scores.items() if len(g) >= 2}
-    gain_point, gain_interval = (
-        interval_estimates(gain_scores, lambda s: np.array([np.mean(s)]), reps, seed)
-        if gain_scores
-        else ({}, {})
-    )
+    gain_point, gain_interval = mean_estimates(gain_scores, reps, seed) if gain_scores else ({}, {})
     thresholds = {1.0: target.value - target.band, 0.99: _target(target.value, 0.99)}
     rows = []
     for algo in algos:

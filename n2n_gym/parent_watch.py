@@ -19,14 +19,12 @@ def worker_context(*preload: str) -> multiprocessing.context.BaseContext:
     forkserver.
 
     A process has one such server, started with the first workers: the ``preload`` of that first
-    call is what later workers inherit (a module it lacks, a worker imports itself). The server
-    also imports torch's compiler, which torch imports lazily at a process's first optimiser or
-    ``torch.fx`` trace (about two seconds each time, in every worker otherwise).
+    call is what later workers inherit (a module it lacks, a worker imports itself).
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([*preload, "torch._dynamo"])
+    context.set_forkserver_preload(list(preload))
     return context
 
 

@@ -3,9 +3,11 @@
 The benchmark and the suite report what rliable defines — the interquartile mean, the
 probability of improvement, score distributions (performance profiles) — with its stratified
 bootstrap intervals (``rliable.library.get_interval_estimates``). Its bootstrap draws the
-resamples; the statistics evaluated on each resample are rliable's own functions written without
-their per-call overhead (scipy's wrappers, a Mann-Whitney test per task, ``np.vectorize`` over
-thresholds), which took most of a report's time. They return the same numbers: the IQM is
+resamples (for the IQM and the mean, all of them in one draw of the same seeded generator, and
+the statistic evaluated on all at once); the statistics evaluated on each resample are rliable's
+own functions written without their per-call overhead (scipy's wrappers, a Mann-Whitney test per
+task, ``np.vectorize`` over thresholds), which took most of a report's time. They return the same
+numbers: the IQM is
 scipy's ``trim_mean`` computation step by step, the probability of improvement counts the pairs
 that the Mann-Whitney U statistic counts, and a score distribution counts runs above each
 threshold. ``tests/test_benchmark.py`` checks each against rliable's.
@@ -23,6 +25,8 @@ __all__ = [
     "anytime_iqm",
     "interval_estimates",
     "iqm",
+    "iqm_estimates",
+    "mean_estimates",
     "performance_profile",
     "probability_of_improvement",
     "score_distribution",
@@ -102,11 +106,55 @@ def interval_estimates(
         )
 
 
+def _iqm_rows(rows: np.ndarray) -> np.ndarray:
+    """:func:`iqm` of each row of ``rows``, computed as it is for one row."""
+    cut = int(0.25 * rows.shape[1])
+    kept = np.partition(rows, (cut, rows.shape[1] - cut - 1), axis=1)
+    return np.mean(kept[:, cut : rows.shape[1] - cut], axis=1)
+
+
+def _stratified_estimates(
+    scores: Mapping[str, np.ndarray],
+    statistic: Callable[[np.ndarray], np.ndarray],
+    reps: int,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`interval_estimates` of a statistic of all scores, every resample at once.
+
+    rliable's stratified bootstrap draws each resample's runs per task with one
+    ``np.random.choice`` on the global generator, and arch evaluates the statistic resample by
+    resample (thousands of Python calls per algorithm). Drawing all of them in one call takes the
+    same numbers from the seeded generator, and ``statistic`` maps ``(reps, runs * tasks)``
+    resamples (each flattened as rliable's functions flatten it) to ``(reps,)`` values: the same
+    intervals, checked against rliable's in ``tests/test_benchmark.py``.
+    """
+    alpha = (1.0 - 0.95) / 2  # arch's percentile interval, computed as arch computes it
+    percentiles = [100 * alpha, 100 * (1.0 - alpha)]
+    point, interval = {}, {}
+    with _seeded_global_numpy(seed):
+        for algo, values in scores.items():
+            values = np.asarray(values, dtype=float)
+            runs, tasks = values.shape
+            draws = np.random.choice(runs, (reps, runs, tasks), replace=True)
+            resamples = values[draws, np.arange(tasks)].reshape(reps, runs * tasks)
+            point[algo] = statistic(values.reshape(1, -1))
+            estimates = statistic(resamples)
+            interval[algo] = np.array(np.percentile(estimates, percentiles)).reshape(2, 1)
+    return point, interval
+
+
 def iqm_estimates(
     scores: Mapping[str, np.ndarray], reps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each algorithm's IQM over its ``(runs, tasks)`` scores, with its interval."""
-    return interval_estimates(scores, lambda s: np.array([iqm(s)]), reps, seed)
+    return _stratified_estimates(scores, _iqm_rows, reps, seed)
+
+
+def mean_estimates(
+    scores: Mapping[str, np.ndarray], reps: int, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each algorithm's mean over its ``(runs, tasks)`` scores, with its interval."""
+    return _stratified_estimates(scores, lambda rows: np.mean(rows, axis=1), reps, seed)
 
 
 def improvement_estimates(

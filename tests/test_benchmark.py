@@ -357,6 +357,7 @@ def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
         improvement_estimates,
         iqm,
         iqm_estimates,
+        mean_estimates,
         performance_profile,
         probability_of_improvement,
         score_distribution,
@@ -385,6 +386,22 @@ def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
     for algo in scores:
         assert point[algo].tolist() == ref_point[algo].tolist()
         assert interval[algo].tolist() == ref_interval[algo].tolist()
+    # Every resample at once: the same draws and values as rliable's resample-by-resample loop,
+    # for several tasks and for the one-task learning gains (whose mean has its own function).
+    uneven = {"a": rng.random((7, 3)), "b": rng.integers(0, 4, size=(5, 3)) / 3.0}
+    gains = {"a": rng.normal(size=(9, 1)), "b": rng.normal(size=(4, 1))}
+    for ours, statistic, data in (
+        (iqm_estimates, lambda s: np.array([metrics.aggregate_iqm(s)]), uneven),
+        (mean_estimates, lambda s: np.array([np.mean(s)]), gains),
+    ):
+        mine = ours(data, 500, 7)
+        np.random.seed(7)
+        ref = rly.get_interval_estimates(
+            data, statistic, reps=500, random_state=np.random.RandomState(7)
+        )
+        for algo in data:
+            assert mine[0][algo].tolist() == ref[0][algo].tolist(), (ours, algo)
+            assert mine[1][algo].tolist() == ref[1][algo].tolist(), (ours, algo)
     improvement = improvement_estimates(scores, "random", 300, 0)
     np.random.seed(0)
     ref = rly.get_interval_estimates(

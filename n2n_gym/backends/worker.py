@@ -109,8 +109,10 @@ class Worker:
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
-    """Pool workers fork from a server process that imported this module (:func:`worker_context`)."""
-    return worker_context(__name__)
+    """Pool workers fork from a server process that imported this module (:func:`worker_context`)
+    and torch's compiler: torch imports it lazily at a process's first optimiser or ``torch.fx``
+    trace, which every worker makes (it took two of a worker's three seconds to start)."""
+    return worker_context(__name__, "torch._dynamo")
 
 
 # The worker of this process when it is a pool worker.
