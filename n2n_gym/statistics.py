@@ -107,10 +107,23 @@ def interval_estimates(
 
 
 def _iqm_rows(rows: np.ndarray) -> np.ndarray:
-    """:func:`iqm` of each row of ``rows``, computed as it is for one row."""
+    """:func:`iqm` of each row of ``rows``, computed as it is for one row: ``(reps, 1)``."""
     cut = int(0.25 * rows.shape[1])
     kept = np.partition(rows, (cut, rows.shape[1] - cut - 1), axis=1)
-    return np.mean(kept[:, cut : rows.shape[1] - cut], axis=1)
+    return np.mean(kept[:, cut : rows.shape[1] - cut], axis=1)[:, None]
+
+
+# arch's percentile interval (rliable's default), computed as arch computes it.
+_ALPHA = (1.0 - 0.95) / 2
+_PERCENTILES = [100 * _ALPHA, 100 * (1.0 - _ALPHA)]
+
+
+def _draws(values: np.ndarray, reps: int, copies: int = 1) -> np.ndarray:
+    """Run indices of ``reps`` stratified resamples (runs drawn per task) of ``copies`` arrays
+    shaped as ``values``, ``(reps, copies, runs, tasks)``: the numbers rliable draws from numpy's
+    global generator, one resample (and array) at a time, in one call."""
+    runs, tasks = values.shape
+    return np.random.choice(runs, (reps, copies, runs, tasks), replace=True)
 
 
 def _stratified_estimates(
@@ -125,21 +138,18 @@ def _stratified_estimates(
     ``np.random.choice`` on the global generator, and arch evaluates the statistic resample by
     resample (thousands of Python calls per algorithm). Drawing all of them in one call takes the
     same numbers from the seeded generator, and ``statistic`` maps ``(reps, runs * tasks)``
-    resamples (each flattened as rliable's functions flatten it) to ``(reps,)`` values: the same
-    intervals, checked against rliable's in ``tests/test_benchmark.py``.
+    resamples (each flattened as rliable's functions flatten it) to ``(reps, k)`` values: the
+    same intervals, checked against rliable's in ``tests/test_benchmark.py``.
     """
-    alpha = (1.0 - 0.95) / 2  # arch's percentile interval, computed as arch computes it
-    percentiles = [100 * alpha, 100 * (1.0 - alpha)]
     point, interval = {}, {}
     with _seeded_global_numpy(seed):
         for algo, values in scores.items():
             values = np.asarray(values, dtype=float)
             runs, tasks = values.shape
-            draws = np.random.choice(runs, (reps, runs, tasks), replace=True)
+            draws = _draws(values, reps)[:, 0]
             resamples = values[draws, np.arange(tasks)].reshape(reps, runs * tasks)
-            point[algo] = statistic(values.reshape(1, -1))
-            estimates = statistic(resamples)
-            interval[algo] = np.array(np.percentile(estimates, percentiles)).reshape(2, 1)
+            point[algo] = statistic(values.reshape(1, -1))[0]
+            interval[algo] = np.percentile(statistic(resamples), _PERCENTILES, axis=0)
     return point, interval
 
 
@@ -154,20 +164,43 @@ def mean_estimates(
     scores: Mapping[str, np.ndarray], reps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each algorithm's mean over its ``(runs, tasks)`` scores, with its interval."""
-    return _stratified_estimates(scores, lambda rows: np.mean(rows, axis=1), reps, seed)
+    return _stratified_estimates(scores, lambda rows: np.mean(rows, axis=1)[:, None], reps, seed)
+
+
+def _improvement_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`probability_of_improvement` of each resample pair ``(reps, runs, tasks)``."""
+    greater = np.count_nonzero(x[:, :, None, :] > y[:, None, :, :], axis=(1, 2))
+    ties = np.count_nonzero(x[:, :, None, :] == y[:, None, :, :], axis=(1, 2))
+    per_task = (greater + 0.5 * ties) / (x.shape[1] * y.shape[1])  # (reps, tasks)
+    return np.mean(per_task, axis=1)
 
 
 def improvement_estimates(
     scores: Mapping[str, np.ndarray], baseline: str, reps: int, seed: int
 ) -> dict[str, dict[str, np.ndarray]]:
     """P(improvement) of each algorithm over ``baseline`` (scores: lower is better), with its
-    interval: ``{"point": {...}, "interval": {...}}``, empty without the baseline or rivals."""
+    interval: ``{"point": {...}, "interval": {...}}``, empty without the baseline or rivals.
+
+    rliable resamples the two algorithms' runs independently, one after the other in each
+    resample; with as many runs in both, all resamples come from one draw of the same numbers.
+    """
     if baseline not in scores:
         return {}
     pairs = {a: (-s, -scores[baseline]) for a, s in scores.items() if a != baseline}
     if not pairs:
         return {}
-    point, interval = interval_estimates(pairs, probability_of_improvement, reps, seed)
+    if any(x.shape != y.shape for x, y in pairs.values()):
+        point, interval = interval_estimates(pairs, probability_of_improvement, reps, seed)
+        return {"point": point, "interval": interval}
+    point, interval = {}, {}
+    with _seeded_global_numpy(seed):
+        for algo, (x, y) in pairs.items():
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            draws = _draws(x, reps, copies=2)
+            tasks = np.arange(x.shape[1])
+            estimates = _improvement_rows(x[draws[:, 0], tasks], y[draws[:, 1], tasks])
+            point[algo] = probability_of_improvement(x, y)
+            interval[algo] = np.percentile(estimates[:, None], _PERCENTILES, axis=0)
     return {"point": point, "interval": interval}
 
 
@@ -176,13 +209,13 @@ def performance_profile(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rliable's ``create_performance_profile`` (score distributions, percentile intervals;
     like it, the resamples come from numpy's global generator, seeded here)."""
-    from rliable import library as rly
+    thresholds = np.asarray(thresholds, dtype=float)
 
-    with warnings.catch_warnings(), _seeded_global_numpy(seed):
-        warnings.simplefilter("ignore", FutureWarning)
-        return rly.get_interval_estimates(
-            scores, lambda s: score_distribution(s, thresholds), reps=reps
-        )
+    def distribution(rows: np.ndarray) -> np.ndarray:
+        above = np.count_nonzero(rows[:, :, None] > thresholds[None, None, :], axis=1)
+        return above / rows.shape[1]
+
+    return _stratified_estimates(scores, distribution, reps, seed)
 
 
 def anytime_iqm(

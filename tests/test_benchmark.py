@@ -412,6 +412,22 @@ def test_the_vectorised_statistics_give_rliables_numbers_and_intervals():
     )
     assert improvement["point"]["ppo"] == ref[0]["ppo"]
     assert improvement["interval"]["ppo"].tolist() == ref[1]["ppo"].tolist()
+    # Ties, several rivals drawn one after another, and rivals with other run counts than the
+    # baseline (rliable's own resampling then).
+    for runs in ((6, 6, 6), (6, 4, 6)):
+        tied = {n: rng.integers(0, 4, size=(r, 3)) / 3.0 for n, r in zip("abc", runs, strict=True)}
+        mine = improvement_estimates(tied, "a", 400, 5)
+        np.random.seed(5)
+        ref = rly.get_interval_estimates(
+            {n: (-tied[n], -tied["a"]) for n in "bc"},
+            metrics.probability_of_improvement,
+            reps=400,
+            random_state=np.random.RandomState(5),
+        )
+        for n in "bc":
+            assert (
+                mine["point"][n] == ref[0][n] and mine["interval"][n].tolist() == ref[1][n].tolist()
+            )
     taus = np.linspace(0.0, 1.0, 11)
     profile, cis = performance_profile(scores, taus, 300, 0)
     np.random.seed(0)
