@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -454,8 +455,7 @@ class TableBuild:
                 repeats=tuple(again[seed] for seed in sorted(again)) if again else (),
             )
             rows.setdefault(row.key, row)
-        teacher = self.task.load_teacher()
-        measurer = self.task.build_measurer(teacher)
+        teacher, measurer = self._driver_measurer
         task = self.task.resolved(teacher)
         seconds = sum(r.measurement.seconds or 0.0 for r in rows.values())
         table = Table(
@@ -488,6 +488,14 @@ class TableBuild:
             table.save(out)
         return table
 
+    @cached_property
+    def _driver_measurer(self) -> tuple[Any, Any]:
+        """The teacher and a measurer of the build's task in this process, loaded once: the
+        teacher's accuracy and the measurement context the table records (the top pass reads a
+        provisional table several times)."""
+        teacher = self.task.load_teacher()
+        return teacher, self.task.build_measurer(teacher)
+
     def _cached_records(self, skip: set[str]) -> list[dict[str, Any]]:
         """Measurements of students not in a shard yet, from the build's cache."""
         from n2n_gym.arch import InvalidArchitecture
@@ -496,7 +504,7 @@ class TableBuild:
         path = self.folder / "cache.sqlite"
         if not path.exists():
             return []
-        context = self.task.build_measurer().context()
+        context = self._driver_measurer[1].context()
         records = []
         with MeasurementCache(path) as cache:
             for student in self.students:

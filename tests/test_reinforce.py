@@ -416,7 +416,9 @@ def test_a_policy_transfers_to_another_teacher(tmp_path, teachers):
     ],
 )
 def test_reinforce_beats_random_search_on_a_known_optimum(controller, n_actions):
-    episodes, target = 400, "feature"
+    # Two actions are learnt sooner: measured, the last 100 of 250 episodes already average
+    # 0.89-0.98 against the 0.76 asked; three actions need 400 (0.71-0.88 against 0.61-0.63).
+    episodes, target = (250 if n_actions == 2 else 400), "feature"
     for seed in (0, 1):
         random_search = EpisodeRewards()
         RandomSearch(DummyVecEnv([lambda: MatchTargetEnv(n_actions, target=target)]), seed).learn(
