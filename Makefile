@@ -20,10 +20,10 @@ demo: setup
 	$(PY) train_agent.py --algo reinforce --out runs/demo --resume $(ARGS)
 
 # Two test processes (one core each), a test file's tests in one of them, so that a file's
-# shared fixtures (a benchmark's runs, a trained student) are built once; `-p no:xdist` runs
-# everything in one process.
+# shared fixtures (a benchmark's runs, a trained student) are built once; the longest files first
+# (tests/conftest.py orders them); `-p no:xdist` runs everything in one process.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
