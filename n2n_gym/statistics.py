@@ -2,12 +2,13 @@
 
 The benchmark and the suite report what rliable defines — the interquartile mean, the
 probability of improvement, score distributions (performance profiles) — with its stratified
-bootstrap intervals (``rliable.library.get_interval_estimates``). Its bootstrap draws the
-resamples (for the IQM and the mean, all of them in one draw of the same seeded generator, and
-the statistic evaluated on all at once); the statistics evaluated on each resample are rliable's
-own functions written without their per-call overhead (scipy's wrappers, a Mann-Whitney test per
-task, ``np.vectorize`` over thresholds), which took most of a report's time. They return the same
-numbers: the IQM is
+bootstrap intervals (``rliable.library.get_interval_estimates``). rliable draws each resample
+from numpy's global generator and evaluates the statistic on it, thousands of Python calls per
+algorithm; here every resample comes from one draw of the same seeded generator (the same
+numbers) and each statistic is evaluated on all of them at once (rliable's own loop remains for a
+probability of improvement between run sets of different sizes). The statistics are rliable's
+functions written without their per-call overhead (scipy's wrappers, a Mann-Whitney test per
+task, ``np.vectorize`` over thresholds) and return the same numbers: the IQM is
 scipy's ``trim_mean`` computation step by step, the probability of improvement counts the pairs
 that the Mann-Whitney U statistic counts, and a score distribution counts runs above each
 threshold. ``tests/test_benchmark.py`` checks each against rliable's.
