@@ -41,6 +41,7 @@ __all__ = [
     "prepare_inputs",
     "prepare_module",
     "transfer_indices",
+    "transfer_set",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,14 @@ def transfer_indices(num_images: int, transfer_size: int | None, seed: int) -> t
         return torch.arange(num_images)
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     return order[:transfer_size].sort().values
+
+
+def transfer_set(
+    x: torch.Tensor, y: torch.Tensor, config: DistillConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and labels a distillation with ``config`` uses (on their device)."""
+    index = transfer_indices(len(x), config.transfer_size, config.seed).to(x.device)
+    return x[index], y[index]
 
 
 def prepare_inputs(x: torch.Tensor, device: str | torch.device) -> torch.Tensor:
@@ -278,9 +287,9 @@ class TeacherTargets:
         """
         device = torch.device(device)
         start = time.perf_counter()
-        index = transfer_indices(len(x), config.transfer_size, config.seed).to(x.device)
-        inputs = prepare_inputs(x[index], device)
-        labels = y[index].to(device)
+        x, y = transfer_set(x, y, config)
+        inputs = prepare_inputs(x, device)
+        labels = y.to(device)
         teacher_on_device = teacher if module_device(teacher) == device else None
         if teacher_on_device is None:
             teacher_on_device = prepare_module(copy.deepcopy(teacher), device)

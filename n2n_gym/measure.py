@@ -40,7 +40,7 @@ from n2n_gym.distill import (
     prepare_inputs,
     prepare_module,
     resolve_device,
-    transfer_indices,
+    transfer_set,
 )
 from n2n_gym.surgery import build_student
 
@@ -473,12 +473,8 @@ class DistillationMeasurer(Measurer):
         if self._data_fingerprint is None:
             hasher = hashlib.blake2b(digest_size=16)
             hasher.update(self.data.name.encode())
-            train_x, train_y = self.data.split("train")
-            config = self.distill_config
-            index = transfer_indices(len(train_x), config.transfer_size, config.seed)
-            index = index.to(train_x.device)
-            x, y = self.eval_set
-            for tensor in (train_x[index], train_y[index], x, y):
+            transfer = transfer_set(*self.data.split("train"), self.distill_config)
+            for tensor in (*transfer, *self.eval_set):
                 hasher.update(tensor.contiguous().cpu().numpy().tobytes())
             self._data_fingerprint = hasher.hexdigest()
         return self._data_fingerprint
